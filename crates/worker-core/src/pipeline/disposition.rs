@@ -1,0 +1,65 @@
+//! How the transport must settle a delivery.
+
+use std::time::Duration;
+
+use crate::dead_letter::record::DeadLetterRecord;
+use crate::message::inbound::Properties;
+
+/// A message the transport must publish (and see confirmed) before it acks the delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    /// The body to publish.
+    pub body: Vec<u8>,
+    /// Its properties and headers.
+    pub properties: Properties,
+}
+
+/// The pipeline's verdict on one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// The handler succeeded and its writes (with the dedup row) are committed: ack.
+    Processed,
+    /// The dedup row already existed: the handler did not run. Ack.
+    Duplicate,
+    /// A retryable failure with attempts left: publish `message` to delay level `level` of this
+    /// handler (it carries its delay as the per-message TTL), wait for the confirm, then ack.
+    Retry {
+        /// The retry copy.
+        message: OutboundMessage,
+        /// The delay level (1-based), see [`crate::RetryPolicy::level`].
+        level: u32,
+        /// The delay the copy waits in the delay queue.
+        delay: Duration,
+        /// Failed attempts so far, including this one.
+        failures: u32,
+        /// The error of this attempt.
+        error: String,
+    },
+    /// Poison, or attempts exhausted: publish `message` (the serialized `record`) to the handler's
+    /// dead-letter queue, wait for the confirm, then ack.
+    DeadLetter {
+        /// The dead-letter message.
+        message: OutboundMessage,
+        /// The record it carries.
+        record: Box<DeadLetterRecord>,
+    },
+    /// Not the message's fault (the database could not even begin a transaction): give the
+    /// delivery back to the broker without acking and without spending an attempt.
+    GiveBack {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Disposition {
+    /// A short, low-cardinality name: `ok`, `duplicate`, `retry`, `dead_letter`, `give_back`.
+    pub fn outcome_name(&self) -> &'static str {
+        match self {
+            Disposition::Processed => "ok",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Retry { .. } => "retry",
+            Disposition::DeadLetter { .. } => "dead_letter",
+            Disposition::GiveBack { .. } => "give_back",
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! After a failure: a retry copy for the broker's delay path, or a dead-letter record.
+
+use chrono::Utc;
+
+use super::disposition::{Disposition, OutboundMessage};
+use super::envelope::Envelope;
+use super::Runtime;
+use crate::dead_letter::record::{format_time, DeadLetterRecord, FailureMetadata, OriginalMessage};
+use crate::handler::error::{ErrorKind, HandlerError};
+use crate::handler::HandlerSpec;
+use crate::message::headers::HeaderValue;
+use crate::message::inbound::{InboundMessage, Properties};
+use crate::retry::attempts::{
+    ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, LAST_ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER,
+};
+use crate::trace_context::TraceOrigin;
+
+/// Header on dead-letter messages: the handler that gave up.
+pub const DLQ_HANDLER_HEADER: &str = "x-worker-handler";
+/// Header on dead-letter messages: `poison` or `retryable`.
+pub const DLQ_ERROR_KIND_HEADER: &str = "x-worker-error-kind";
+
+/// Longest `lastError` kept in a retry copy's header (the record keeps the whole text).
+const MAX_ERROR_HEADER_CHARS: usize = 500;
+
+/// Decides between a retry and a dead letter after the handler failed with `error`.
+pub fn after_failure(
+    spec: &HandlerSpec,
+    runtime: &Runtime,
+    message: &InboundMessage,
+    envelope: &Envelope,
+    error: &HandlerError,
+) -> Disposition {
+    let failures = envelope.retry.failures + 1;
+    if error.is_poison() {
+        return dead_letter(
+            spec,
+            runtime,
+            message,
+            envelope,
+            error.message(),
+            ErrorKind::Poison,
+        );
+    }
+    if failures >= spec.retry.max_attempts {
+        return dead_letter(
+            spec,
+            runtime,
+            message,
+            envelope,
+            error.message(),
+            ErrorKind::Retryable,
+        );
+    }
+    tracing::warn!(
+        error = error.message(),
+        failures,
+        "retryable failure; scheduling a retry"
+    );
+    retry(spec, message, envelope, failures, error.message())
+}
+
+fn retry(
+    spec: &HandlerSpec,
+    message: &InboundMessage,
+    envelope: &Envelope,
+    failures: u32,
+    error: &str,
+) -> Disposition {
+    let delay = spec.retry.delay(failures);
+    let first_failed_at = envelope.retry.first_failed_at.unwrap_or_else(Utc::now);
+    let mut properties = message.properties.clone();
+    properties.headers = envelope.original_headers.clone();
+    let headers = &mut properties.headers;
+    headers.insert(ATTEMPTS_HEADER.into(), HeaderValue::I64(failures.into()));
+    headers.insert(
+        FIRST_FAILED_AT_HEADER.into(),
+        HeaderValue::string(format_time(first_failed_at)),
+    );
+    headers.insert(
+        LAST_ERROR_HEADER.into(),
+        HeaderValue::string(
+            error
+                .chars()
+                .take(MAX_ERROR_HEADER_CHARS)
+                .collect::<String>(),
+        ),
+    );
+    headers.insert(
+        ORIGINAL_EXCHANGE_HEADER.into(),
+        HeaderValue::string(envelope.exchange.clone()),
+    );
+    headers.insert(
+        ORIGINAL_ROUTING_KEY_HEADER.into(),
+        HeaderValue::string(envelope.routing_key.clone()),
+    );
+    if envelope.trace.origin != TraceOrigin::Producer {
+        headers.insert(
+            TRACE_ID_HEADER.into(),
+            HeaderValue::string(envelope.trace.trace_id.clone()),
+        );
+    }
+    properties.expiration = Some(delay.as_millis().max(1).to_string());
+    Disposition::Retry {
+        message: OutboundMessage {
+            body: message.body.clone(),
+            properties,
+        },
+        level: spec.retry.level(failures),
+        delay,
+        failures,
+        error: error.to_owned(),
+    }
+}
+
+/// Builds the dead-letter record of §5 and the message that carries it.
+pub fn dead_letter(
+    spec: &HandlerSpec,
+    runtime: &Runtime,
+    message: &InboundMessage,
+    envelope: &Envelope,
+    last_error: &str,
+    kind: ErrorKind,
+) -> Disposition {
+    let now = Utc::now();
+    let attempts = envelope.retry.failures + 1;
+    tracing::error!(error = last_error, error_kind = %kind, attempts, "dead-lettering the event");
+    let mut original_properties = message.properties.clone();
+    original_properties.headers = envelope.original_headers.clone();
+    original_properties.expiration = None;
+    let record = DeadLetterRecord {
+        original_message: OriginalMessage::new(
+            envelope.event_id.as_ref().ok().cloned(),
+            envelope.event_type.clone(),
+            envelope.routing_key.clone(),
+            envelope.exchange.clone(),
+            &message.body,
+            original_properties,
+        ),
+        failure_metadata: FailureMetadata {
+            attempts,
+            first_failed_at: envelope.retry.first_failed_at.unwrap_or(now),
+            last_failed_at: now,
+            last_error: last_error.to_owned(),
+            error_kind: kind,
+            consumer: runtime.consumer.clone(),
+            handler: spec.name.to_owned(),
+            trace_id: envelope.trace.trace_id.clone(),
+        },
+    };
+    let mut properties = Properties {
+        message_id: message
+            .properties
+            .message_id
+            .clone()
+            .filter(|id| !id.is_empty() && id.len() <= 255),
+        kind: Some(envelope.event_type.clone()),
+        content_type: Some("application/json".into()),
+        delivery_mode: Some(2),
+        timestamp: u64::try_from(now.timestamp()).ok(),
+        correlation_id: message.properties.correlation_id.clone(),
+        ..Properties::default()
+    };
+    properties
+        .headers
+        .insert(DLQ_HANDLER_HEADER.into(), HeaderValue::string(spec.name));
+    properties.headers.insert(
+        DLQ_ERROR_KIND_HEADER.into(),
+        HeaderValue::string(kind.as_str()),
+    );
+    properties.headers.insert(
+        TRACE_ID_HEADER.into(),
+        HeaderValue::string(envelope.trace.trace_id.clone()),
+    );
+    let body = serde_json::to_vec(&record)
+        .expect("a record of strings, numbers and JSON values always serializes");
+    Disposition::DeadLetter {
+        message: OutboundMessage { body, properties },
+        record: Box::new(record),
+    }
+}

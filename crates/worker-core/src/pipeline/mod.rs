@@ -1,0 +1,117 @@
+//! The per-delivery pipeline (DESIGN.md §3): open the envelope → decode → claim the dedup row →
+//! run the handler → commit, and decide how the transport settles the delivery.
+//!
+//! The pipeline never talks to the broker: it returns a [`Disposition`] and the transport carries
+//! it out, acking only after the outcome is durable. One step per file:
+//! [`envelope`] (ids, type, attempts, trace), [`decode`] (payload), [`transaction`] (dedup +
+//! handler + commit), [`failure`] (retry copy or dead-letter record).
+
+pub mod decode;
+pub mod disposition;
+pub mod envelope;
+pub mod failure;
+pub mod transaction;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tracing::Instrument;
+
+use crate::dedup::store::DedupStore;
+use crate::handler::{Handler, HandlerSpec};
+use crate::message::inbound::InboundMessage;
+use crate::observer::Observer;
+use disposition::Disposition;
+use envelope::Envelope;
+
+/// What every delivery of every handler shares: the database, the dedup table, who we are.
+#[derive(Clone)]
+pub struct Runtime {
+    /// The worker's connection pool.
+    pub pool: PgPool,
+    /// The dedup table.
+    pub dedup: DedupStore,
+    /// The worker's name in dead-letter records (`consumer`).
+    pub consumer: String,
+    /// Telemetry and test hooks.
+    pub observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("dedup", &self.dedup)
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Processes one delivery for `handler` under its effective `spec` (configuration applied).
+pub async fn process<H: Handler>(
+    handler: &H,
+    spec: &HandlerSpec,
+    runtime: &Runtime,
+    message: &InboundMessage,
+) -> Disposition {
+    let envelope = Envelope::open(message, spec.retry.max_attempts);
+    let span = tracing::info_span!(
+        "process",
+        handler = spec.name,
+        event_id = envelope.event_id.as_deref().unwrap_or(""),
+        event_type = %envelope.event_type,
+        attempt = envelope.retry.attempt(),
+        trace_id = %envelope.trace.trace_id,
+        outcome = tracing::field::Empty,
+    );
+    async {
+        let disposition = run(handler, spec, runtime, message, &envelope).await;
+        tracing::Span::current().record("outcome", disposition.outcome_name());
+        disposition
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run<H: Handler>(
+    handler: &H,
+    spec: &HandlerSpec,
+    runtime: &Runtime,
+    message: &InboundMessage,
+    envelope: &Envelope,
+) -> Disposition {
+    let event_id = match &envelope.event_id {
+        Ok(id) => id.clone(),
+        Err(problem) => {
+            return failure::dead_letter(
+                spec,
+                runtime,
+                message,
+                envelope,
+                &problem.to_string(),
+                crate::ErrorKind::Poison,
+            )
+        }
+    };
+    let event: H::Event = match decode::payload(&message.body, &envelope.event_type) {
+        Ok(event) => event,
+        Err(problem) => {
+            return failure::dead_letter(
+                spec,
+                runtime,
+                message,
+                envelope,
+                &problem.to_string(),
+                crate::ErrorKind::Poison,
+            )
+        }
+    };
+    let ctx = envelope.context(event_id, spec, runtime.pool.clone());
+    match transaction::run(handler, spec, runtime, event, &ctx).await {
+        transaction::Outcome::Done => Disposition::Processed,
+        transaction::Outcome::Duplicate => Disposition::Duplicate,
+        transaction::Outcome::DatabaseUnavailable(reason) => Disposition::GiveBack { reason },
+        transaction::Outcome::Failed(error) => {
+            failure::after_failure(spec, runtime, message, envelope, &error)
+        }
+    }
+}

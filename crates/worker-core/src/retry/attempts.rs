@@ -1,0 +1,167 @@
+//! The attempt count and first-failure time, carried in the message's own headers (DESIGN.md §3).
+//!
+//! Nothing about retries is kept in memory or read from the broker's `x-death`: a retry copy
+//! carries `x-worker-attempts` (failures so far) and `x-worker-first-failed-at`. Whatever a
+//! producer puts there is clamped, never trusted to skip work.
+
+use chrono::{DateTime, Utc};
+
+use crate::message::headers::{HeaderValue, Headers};
+
+/// Header: failed attempts so far (an integer).
+pub const ATTEMPTS_HEADER: &str = "x-worker-attempts";
+/// Header: when the first attempt failed (RFC 3339).
+pub const FIRST_FAILED_AT_HEADER: &str = "x-worker-first-failed-at";
+/// Header: the last error, for someone peeking at a delay queue.
+pub const LAST_ERROR_HEADER: &str = "x-worker-last-error";
+/// Header: the exchange the producer published to (retry copies travel via the default exchange).
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-worker-exchange";
+/// Header: the routing key the producer published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-worker-routing-key";
+/// Header: the trace id the worker started, for messages that arrived without `traceparent`.
+pub const TRACE_ID_HEADER: &str = "x-worker-trace-id";
+
+/// Prefix of every header the worker adds.
+pub const WORKER_HEADER_PREFIX: &str = "x-worker-";
+
+/// Headers RabbitMQ adds when our delay queues dead-letter a retry copy back to the work queue.
+const BROKER_DEATH_HEADERS: [&str; 7] = [
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+/// Where a delivery stands in its retry schedule, read from its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryState {
+    /// Failed attempts before this delivery, clamped to `0..max_attempts`.
+    pub failures: u32,
+    /// When the first attempt failed, if one did.
+    pub first_failed_at: Option<DateTime<Utc>>,
+}
+
+impl RetryState {
+    /// Reads the state from headers, clamping a malformed or forged count: a negative,
+    /// non-numeric or missing count reads as 0, and a count at or above `max_attempts` reads as
+    /// `max_attempts - 1`, so the delivery still gets one attempt.
+    pub fn read(headers: &Headers, max_attempts: u32) -> Self {
+        let raw = headers
+            .get(ATTEMPTS_HEADER)
+            .and_then(HeaderValue::as_i128)
+            .unwrap_or(0);
+        let ceiling = i128::from(max_attempts.max(1) - 1);
+        let failures = raw.clamp(0, ceiling) as u32;
+        let first_failed_at = if failures == 0 {
+            None
+        } else {
+            headers
+                .get(FIRST_FAILED_AT_HEADER)
+                .and_then(HeaderValue::as_str)
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Self {
+            failures,
+            first_failed_at,
+        }
+    }
+
+    /// The 1-based number of the attempt this delivery is.
+    pub fn attempt(&self) -> u32 {
+        self.failures + 1
+    }
+}
+
+/// Whether this delivery is a retry copy that went through the worker's delay path.
+pub fn is_retry_copy(headers: &Headers) -> bool {
+    headers.contains_key(ATTEMPTS_HEADER)
+}
+
+/// The headers as the producer sent them: without the worker's own `x-worker-*` headers, and,
+/// for a retry copy, without the `x-death` data the delay queue added.
+pub fn original_headers(headers: &Headers) -> Headers {
+    let retry_copy = is_retry_copy(headers);
+    headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with(WORKER_HEADER_PREFIX))
+        .filter(|(name, _)| !(retry_copy && BROKER_DEATH_HEADERS.contains(&name.as_str())))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_attempts(value: HeaderValue) -> Headers {
+        let mut h = Headers::new();
+        h.insert(ATTEMPTS_HEADER.into(), value);
+        h.insert(
+            FIRST_FAILED_AT_HEADER.into(),
+            HeaderValue::string("2026-02-10T14:22:11Z"),
+        );
+        h
+    }
+
+    #[test]
+    fn forged_counts_are_clamped() {
+        assert_eq!(RetryState::read(&Headers::new(), 5).failures, 0);
+        assert_eq!(
+            RetryState::read(&with_attempts(HeaderValue::I64(2)), 5).failures,
+            2
+        );
+        assert_eq!(
+            RetryState::read(&with_attempts(HeaderValue::I64(-4)), 5).failures,
+            0
+        );
+        assert_eq!(
+            RetryState::read(&with_attempts(HeaderValue::I64(i64::MAX)), 5).failures,
+            4
+        );
+        assert_eq!(
+            RetryState::read(&with_attempts(HeaderValue::string("lots")), 5).failures,
+            0
+        );
+        assert_eq!(
+            RetryState::read(&with_attempts(HeaderValue::Bool(true)), 5).failures,
+            0
+        );
+        assert_eq!(
+            RetryState::read(&with_attempts(HeaderValue::U8(9)), 1).failures,
+            0
+        );
+    }
+
+    #[test]
+    fn first_failure_time_is_read_only_with_a_count() {
+        let s = RetryState::read(&with_attempts(HeaderValue::I32(1)), 5);
+        assert_eq!(
+            s.first_failed_at.unwrap().to_rfc3339(),
+            "2026-02-10T14:22:11+00:00"
+        );
+        assert_eq!(s.attempt(), 2);
+        assert!(RetryState::read(&with_attempts(HeaderValue::I32(0)), 5)
+            .first_failed_at
+            .is_none());
+    }
+
+    #[test]
+    fn original_headers_drop_what_the_worker_and_delay_queue_added() {
+        let mut h = with_attempts(HeaderValue::I32(1));
+        h.insert("x-death".into(), HeaderValue::Array(vec![]));
+        h.insert("tenant".into(), HeaderValue::string("acme"));
+        let original = original_headers(&h);
+        assert_eq!(original.keys().collect::<Vec<_>>(), vec!["tenant"]);
+
+        let mut first = Headers::new();
+        first.insert("x-death".into(), HeaderValue::Array(vec![]));
+        assert!(
+            original_headers(&first).contains_key("x-death"),
+            "a producer's own x-death is kept"
+        );
+    }
+}

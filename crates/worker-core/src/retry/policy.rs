@@ -1,0 +1,162 @@
+//! Where the retry delay is computed (DESIGN.md §4).
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Maximum attempts in total and the exponential backoff between them.
+///
+/// The delay before the next attempt after the k-th failure (k = 1, 2, ...) is
+/// `min(base * 2^(k-1), cap) + uniform(0, jitter)`.
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_core::RetryPolicy;
+///
+/// let policy = RetryPolicy::default();
+/// assert_eq!(policy.max_attempts, 5);
+/// assert_eq!(policy.base_delay(1), Duration::from_millis(200));
+/// assert_eq!(policy.base_delay(3), Duration::from_millis(800));
+/// assert_eq!(policy.base_delay(20), Duration::from_secs(30)); // capped
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first; at least 1.
+    pub max_attempts: u32,
+    /// Delay after the first failure.
+    pub base: Duration,
+    /// Upper bound of the exponential part of the delay.
+    pub cap: Duration,
+    /// Upper bound of the uniformly random part added to every delay.
+    pub jitter: Duration,
+}
+
+impl RetryPolicy {
+    /// The defaults: 5 attempts, base 200 ms, cap 30 s, jitter 1 s.
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_millis(200),
+        cap: Duration::from_secs(30),
+        jitter: Duration::from_secs(1),
+    };
+
+    /// The deterministic part of the delay after the `failures`-th failure:
+    /// `min(base * 2^(failures-1), cap)`.
+    pub fn base_delay(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(63);
+        let factor = 1u128 << exponent;
+        let nanos = self.base.as_nanos().saturating_mul(factor);
+        let delay = if nanos >= u64::MAX as u128 {
+            Duration::MAX
+        } else {
+            Duration::from_nanos(nanos as u64)
+        };
+        delay.min(self.cap)
+    }
+
+    /// The full delay after the `failures`-th failure, with a fresh uniform jitter.
+    pub fn delay(&self, failures: u32) -> Duration {
+        self.base_delay(failures) + random_jitter(self.jitter)
+    }
+
+    /// The delay level used for the `failures`-th failure: failures past the point where the
+    /// exponential part reaches the cap share the last level. Levels are 1-based.
+    ///
+    /// Every message in one level has a delay in `[base_delay(level), base_delay(level) + jitter]`,
+    /// so a FIFO delay queue per level holds a message back by at most the jitter.
+    pub fn level(&self, failures: u32) -> u32 {
+        failures.clamp(1, self.level_count())
+    }
+
+    /// How many delay levels this policy can use: the failures until the cap is reached, and never
+    /// more than `max_attempts - 1` (the last attempt is never followed by a retry).
+    pub fn level_count(&self) -> u32 {
+        let retries = self.max_attempts.saturating_sub(1).max(1);
+        let mut level = 1;
+        while level < retries && self.base_delay(level) < self.cap {
+            level += 1;
+        }
+        level
+    }
+
+    /// The longest time from the first attempt to the last one (all delays at their maximum).
+    pub fn horizon(&self) -> Duration {
+        (1..self.max_attempts)
+            .map(|k| self.base_delay(k) + self.jitter)
+            .sum()
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+fn random_jitter(max: Duration) -> Duration {
+    let max_nanos = max.as_nanos().min(u64::MAX as u128) as u64;
+    if max_nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::thread_rng().gen_range(0..=max_nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_matches_design() {
+        let p = RetryPolicy::DEFAULT;
+        let expected = [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000];
+        for (k, ms) in expected.iter().enumerate() {
+            assert_eq!(
+                p.base_delay(k as u32 + 1),
+                Duration::from_millis(*ms),
+                "k = {}",
+                k + 1
+            );
+        }
+        for k in 1..20 {
+            let d = p.delay(k);
+            assert!(d >= p.base_delay(k) && d <= p.base_delay(k) + p.jitter);
+        }
+    }
+
+    #[test]
+    fn huge_failure_counts_do_not_overflow() {
+        let p = RetryPolicy::DEFAULT;
+        assert_eq!(p.base_delay(u32::MAX), p.cap);
+    }
+
+    #[test]
+    fn levels_stop_at_the_cap_and_at_the_last_retry() {
+        let p = RetryPolicy {
+            max_attempts: 12,
+            ..RetryPolicy::DEFAULT
+        };
+        assert_eq!(p.level_count(), 9); // 200ms .. 25.6s, then 30s
+        assert_eq!(p.level(1), 1);
+        assert_eq!(p.level(9), 9);
+        assert_eq!(p.level(11), 9);
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::DEFAULT
+        };
+        assert_eq!(p.level_count(), 2);
+        let p = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::DEFAULT
+        };
+        assert_eq!(p.level_count(), 1);
+    }
+
+    #[test]
+    fn horizon_sums_the_worst_case_delays() {
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::DEFAULT
+        };
+        assert_eq!(p.horizon(), Duration::from_millis(200 + 1000 + 400 + 1000));
+    }
+}

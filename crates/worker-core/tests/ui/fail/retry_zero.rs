@@ -1,0 +1,14 @@
+use worker_core::{handler, HandlerError};
+
+#[derive(serde::Deserialize)]
+struct OrderPlaced {
+    order_id: String,
+}
+
+#[handler(event = "OrderPlaced", retry = 0)]
+async fn charge(event: OrderPlaced) -> Result<(), HandlerError> {
+    let _ = event.order_id;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use sqlx::PgConnection;
+use worker_core::{handler, HandlerError};
+
+#[derive(serde::Deserialize)]
+struct OrderPlaced {
+    order_id: String,
+}
+
+#[handler(event = "OrderPlaced", retry = 3)]
+async fn charge(event: OrderPlaced, tx: &mut PgConnection) -> Result<(), HandlerError> {
+    let _ = (event.order_id, tx);
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,138 @@
+//! Consuming one handler's work queue: up to `concurrency` deliveries in flight, each processed
+//! by the pipeline and then settled.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Channel;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use worker_core::pipeline::Runtime;
+use worker_core::registry::ErasedHandler;
+use worker_core::HandlerSpec;
+
+use crate::convert;
+use crate::error::WorkerError;
+use crate::publisher::Publisher;
+use crate::settle::{self, Settled};
+use crate::topology::QueueNames;
+
+/// Everything one handler's deliveries need.
+pub(crate) struct HandlerRunner {
+    pub(crate) handler: Arc<dyn ErasedHandler>,
+    pub(crate) spec: HandlerSpec,
+    pub(crate) names: QueueNames,
+    pub(crate) runtime: Runtime,
+    pub(crate) publisher: Arc<Publisher>,
+}
+
+/// Signals shared by the consumers of one worker.
+#[derive(Clone)]
+pub(crate) struct Stop {
+    /// Stop taking new deliveries.
+    pub(crate) consuming: CancellationToken,
+    /// The shutdown deadline passed: give back deliveries still in the handler.
+    pub(crate) abandon: CancellationToken,
+    /// Every delivery task.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl HandlerRunner {
+    /// Consumes until told to stop (`Ok`) or the channel breaks (`Err`).
+    pub(crate) async fn consume(
+        self: Arc<Self>,
+        channel: Channel,
+        consumer_tag: String,
+        stop: Stop,
+    ) -> Result<(), WorkerError> {
+        let queue = self.names.work.clone();
+        let prefetch = u16::try_from(self.spec.concurrency).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(WorkerError::broker(format!("set prefetch on `{queue}`")))?;
+        let mut consumer = channel
+            .basic_consume(
+                &queue,
+                &consumer_tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(WorkerError::broker(format!("consume `{queue}`")))?;
+        let in_flight = Arc::new(Semaphore::new(self.spec.concurrency));
+        tracing::info!(
+            queue,
+            handler = self.spec.name,
+            concurrency = self.spec.concurrency,
+            "consuming"
+        );
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.consuming.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => {
+                    return Err(WorkerError::ConsumerLost {
+                        queue,
+                        reason: error.to_string(),
+                    })
+                }
+                None if stop.consuming.is_cancelled() => break,
+                None => {
+                    return Err(WorkerError::ConsumerLost {
+                        queue,
+                        reason: "the broker cancelled the consumer".into(),
+                    })
+                }
+            };
+            let permit = Arc::clone(&in_flight)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let runner = Arc::clone(&self);
+            let abandon = stop.abandon.clone();
+            stop.tasks.spawn(async move {
+                runner.handle(delivery, abandon).await;
+                drop(permit);
+            });
+        }
+        if let Err(error) = channel
+            .basic_cancel(&consumer_tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(%error, queue, "cancelling the consumer failed");
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, delivery: Delivery, abandon: CancellationToken) {
+        let acker = delivery.acker.clone();
+        let message = convert::inbound(delivery);
+        let event_id = message.properties.message_id.clone();
+        let disposition = tokio::select! {
+            biased;
+            _ = abandon.cancelled() => {
+                tracing::warn!(handler = self.spec.name, event_id, "shutdown deadline passed: giving the delivery back unfinished");
+                settle::nack(&acker).await;
+                self.runtime.observer.settled(self.spec.name, event_id.as_deref(), "abandoned", false);
+                return;
+            }
+            disposition = self.handler.process(&self.spec, &self.runtime, &message) => disposition,
+        };
+        let settled = settle::settle(&acker, &disposition, &self.names, &self.publisher).await;
+        self.runtime.observer.settled(
+            self.spec.name,
+            event_id.as_deref(),
+            disposition.outcome_name(),
+            settled == Settled::Acked,
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! What can stop a worker.
+
+use worker_core::config::ConfigError;
+use worker_core::registry::RegistryError;
+
+/// Why the worker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// No handlers, or two with one name.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The broker did not accept the connection.
+    #[error("cannot connect to RabbitMQ at {url}: {source} (is the broker running? set AMQP_URL)")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// The client's error.
+        source: lapin::Error,
+    },
+    /// A broker operation failed.
+    #[error("RabbitMQ: {action}: {source}")]
+    Broker {
+        /// What the worker was doing.
+        action: String,
+        /// The client's error.
+        source: lapin::Error,
+    },
+    /// The database did not accept the connection.
+    #[error("cannot connect to PostgreSQL at {url}: {source} (is it running? set DATABASE_URL)")]
+    Database {
+        /// The URL, password redacted.
+        url: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The dedup retention is not longer than the longest retry horizon.
+    #[error("WORKER_DEDUP_RETENTION ({retention:?}) must exceed the longest retry horizon ({horizon:?}, handler `{handler}`): otherwise a late retry could run twice")]
+    RetentionTooShort {
+        /// The configured retention.
+        retention: std::time::Duration,
+        /// The handler's horizon.
+        horizon: std::time::Duration,
+        /// The handler.
+        handler: String,
+    },
+    /// The connection to the broker was lost while consuming.
+    #[error("lost the RabbitMQ connection while consuming `{queue}`: {reason}")]
+    ConsumerLost {
+        /// The queue.
+        queue: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl WorkerError {
+    pub(crate) fn broker(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> WorkerError {
+        let action = action.into();
+        move |source| WorkerError::Broker { action, source }
+    }
+}

@@ -1,0 +1,35 @@
+//! RabbitMQ transport for `worker-core`: connects, declares the topology, consumes every
+//! handler's queue, carries out the pipeline's dispositions with confirmed publishes, and stops
+//! gracefully.
+//!
+//! ```no_run
+//! use worker_core::{handler, Context, HandlerError};
+//! use worker_rabbitmq::Worker;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct OrderPlaced { order_id: String }
+//!
+//! #[handler(event = "OrderPlaced")]
+//! async fn send_receipt(event: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> {
+//!     println!("receipt for {} ({})", event.order_id, ctx.event_id());
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), worker_rabbitmq::WorkerError> {
+//!     Worker::builder().handler(send_receipt).run().await
+//! }
+//! ```
+
+mod connection;
+mod consumer;
+mod convert;
+mod error;
+mod publisher;
+mod settle;
+pub mod topology;
+mod worker;
+
+pub use error::WorkerError;
+pub use publisher::{PublishError, Publisher};
+pub use worker::{RunningWorker, Worker, WorkerBuilder};

@@ -1,0 +1,127 @@
+//! Confirmed publishing: a publish counts only when the broker confirms it and did not return it.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use std::sync::Arc;
+
+use lapin::{Channel, Connection};
+use tokio::sync::Mutex;
+use worker_core::OutboundMessage;
+
+use crate::convert::properties_to_amqp;
+
+/// How long to wait for a publisher confirm before treating the publish as failed.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a publish did not become durable. The delivery that caused it is not acked.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The channel or connection failed.
+    #[error("publish to exchange {exchange:?} with routing key {routing_key:?} failed: {source}")]
+    Broker {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// The client's error.
+        source: lapin::Error,
+    },
+    /// The broker returned the message as unroutable (no queue bound).
+    #[error("the broker returned the message published to {exchange:?} with routing key {routing_key:?}: {reply} (is the queue declared?)")]
+    Returned {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// The broker's reply text.
+        reply: String,
+    },
+    /// The broker refused the message (nack).
+    #[error(
+        "the broker nacked the message published to {exchange:?} with routing key {routing_key:?}"
+    )]
+    Nacked {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+    /// No confirm arrived in time.
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Publishes with `mandatory` set and waits for the broker's confirm, on a channel of its own
+/// that it reopens when it breaks.
+#[derive(Debug)]
+pub struct Publisher {
+    connection: Arc<Connection>,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Publisher {
+    /// A publisher on `connection`; the channel opens on first use.
+    pub fn new(connection: Arc<Connection>) -> Self {
+        Self {
+            connection,
+            channel: Mutex::new(None),
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, lapin::Error> {
+        let mut guard = self.channel.lock().await;
+        if let Some(channel) = guard.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *guard = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes `message` and returns only once the broker confirmed it, routed.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &OutboundMessage,
+    ) -> Result<(), PublishError> {
+        let broker = |source| PublishError::Broker {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            source,
+        };
+        let channel = self.channel().await.map_err(broker)?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let properties = properties_to_amqp(&message.properties);
+        let confirm = channel
+            .basic_publish(exchange, routing_key, options, &message.body, properties)
+            .await
+            .map_err(broker)?;
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))?
+            .map_err(broker)?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(PublishError::Returned {
+                    exchange: exchange.into(),
+                    routing_key: routing_key.into(),
+                    reply: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) | Confirmation::NotRequested => Err(PublishError::Nacked {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Carrying out a [`Disposition`]: ack only once the outcome is durable (DESIGN.md §3).
+
+use std::time::Duration;
+
+use lapin::acker::Acker;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use worker_core::Disposition;
+
+use crate::publisher::Publisher;
+use crate::topology::QueueNames;
+
+/// Pause before giving a delivery back, so a database outage or a broken publish does not turn
+/// into a hot redelivery loop.
+const GIVE_BACK_PAUSE: Duration = Duration::from_secs(1);
+
+/// How a settlement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Acked: the outcome is durable.
+    Acked,
+    /// Given back to the broker (nack with requeue, or the ack/nack itself failed and the broker
+    /// will requeue when the channel closes).
+    GivenBack,
+}
+
+/// Settles one delivery.
+pub(crate) async fn settle(
+    acker: &Acker,
+    disposition: &Disposition,
+    names: &QueueNames,
+    publisher: &Publisher,
+) -> Settled {
+    let durable = match disposition {
+        Disposition::Processed | Disposition::Duplicate => Ok(()),
+        Disposition::Retry {
+            message,
+            level,
+            delay,
+            failures,
+            ..
+        } => {
+            let queue = names.delay(*level);
+            tracing::info!(
+                failures,
+                delay_ms = delay.as_millis() as u64,
+                queue,
+                "publishing retry copy"
+            );
+            publisher.publish("", &queue, message).await
+        }
+        Disposition::DeadLetter { message, .. } => publisher.publish("", &names.dlq, message).await,
+        Disposition::GiveBack { reason } => {
+            tracing::warn!(
+                reason,
+                "giving the delivery back without spending an attempt"
+            );
+            return give_back(acker).await;
+        }
+    };
+    match durable {
+        Ok(()) => match acker.ack(BasicAckOptions::default()).await {
+            Ok(()) => Settled::Acked,
+            Err(error) => {
+                // The outcome is durable but the broker will redeliver: dedup makes that harmless.
+                tracing::warn!(%error, "ack failed after the outcome was durable; the broker will redeliver");
+                Settled::GivenBack
+            }
+        },
+        Err(error) => {
+            tracing::error!(%error, "could not make the outcome durable; giving the delivery back");
+            give_back(acker).await
+        }
+    }
+}
+
+/// Nacks with requeue after a short pause. If the nack fails the channel is gone, and the broker
+/// requeues the delivery itself.
+pub(crate) async fn give_back(acker: &Acker) -> Settled {
+    tokio::time::sleep(GIVE_BACK_PAUSE).await;
+    nack(acker).await;
+    Settled::GivenBack
+}
+
+/// Nacks with requeue now.
+pub(crate) async fn nack(acker: &Acker) {
+    if let Err(error) = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+    {
+        tracing::warn!(%error, "nack failed; the broker requeues the delivery when the channel closes");
+    }
+}

@@ -1,0 +1,151 @@
+//! The exchanges, queues and bindings a worker declares (DESIGN.md §2).
+//!
+//! Per handler `h` (names carry the configured queue prefix):
+//! - `h`: the work queue, durable, quorum by default, bound to the events exchange with the
+//!   handler's event type;
+//! - `h.retry.<level>`: one classic durable delay queue per backoff level. A retry copy waits there
+//!   for its per-message TTL (the level's delay plus jitter) and is then dead-lettered by the broker
+//!   back to `h` through the default exchange. All copies in one level have a TTL in
+//!   `[delay, delay + jitter]`, so FIFO expiry holds a copy back by at most the jitter;
+//! - `h.dlq`: the dead-letter queue, durable, holding dead-letter records.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use worker_core::config::QueueType;
+use worker_core::{HandlerSpec, WorkerConfig};
+
+use crate::error::WorkerError;
+
+/// The queue names of one handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueNames {
+    /// The work queue.
+    pub work: String,
+    /// The dead-letter queue.
+    pub dlq: String,
+    delay_prefix: String,
+}
+
+impl QueueNames {
+    /// The names for `handler` under `config`'s prefix.
+    pub fn new(config: &WorkerConfig, handler: &str) -> Self {
+        let work = config.queue_name(handler);
+        Self {
+            dlq: format!("{work}.dlq"),
+            delay_prefix: format!("{work}.retry."),
+            work,
+        }
+    }
+
+    /// The delay queue of `level` (1-based).
+    pub fn delay(&self, level: u32) -> String {
+        format!("{}{level}", self.delay_prefix)
+    }
+}
+
+fn queue_type_args(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
+    args
+}
+
+/// Declares the events exchange.
+pub async fn declare_exchange(channel: &Channel, config: &WorkerConfig) -> Result<(), WorkerError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            &config.exchange,
+            ExchangeKind::Topic,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(WorkerError::broker(format!(
+            "declare exchange `{}`",
+            config.exchange
+        )))
+}
+
+/// Declares one handler's work queue, delay queues and dead-letter queue, and binds the work
+/// queue. Idempotent: safe on every start and from several workers.
+pub async fn declare_handler(
+    channel: &Channel,
+    config: &WorkerConfig,
+    spec: &HandlerSpec,
+) -> Result<QueueNames, WorkerError> {
+    let names = QueueNames::new(config, spec.name);
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(&names.work, durable, queue_type_args(config.queue_type))
+        .await
+        .map_err(WorkerError::broker(format!(
+            "declare work queue `{}`",
+            names.work
+        )))?;
+    channel
+        .queue_bind(
+            &names.work,
+            &config.exchange,
+            spec.event_type,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(WorkerError::broker(format!(
+            "bind `{}` to `{}` with `{}`",
+            names.work, config.exchange, spec.event_type
+        )))?;
+    channel
+        .queue_declare(&names.dlq, durable, queue_type_args(config.queue_type))
+        .await
+        .map_err(WorkerError::broker(format!(
+            "declare dead-letter queue `{}`",
+            names.dlq
+        )))?;
+    for level in 1..=spec.retry.level_count() {
+        let name = names.delay(level);
+        let mut args = FieldTable::default();
+        args.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from("")),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            AMQPValue::LongString(LongString::from(names.work.as_str())),
+        );
+        channel
+            .queue_declare(&name, durable, args)
+            .await
+            .map_err(WorkerError::broker(format!("declare delay queue `{name}`")))?;
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let config = WorkerConfig {
+            queue_prefix: "t1.".into(),
+            ..Default::default()
+        };
+        let names = QueueNames::new(&config, "charge-on-order-placed");
+        assert_eq!(names.work, "t1.charge-on-order-placed");
+        assert_eq!(names.dlq, "t1.charge-on-order-placed.dlq");
+        assert_eq!(names.delay(3), "t1.charge-on-order-placed.retry.3");
+    }
+}

@@ -1,0 +1,19 @@
+//! The events the order worker consumes.
+
+use serde::Deserialize;
+
+/// Published by the checkout service when a customer places an order (amount in cents).
+///
+/// ```json
+/// {"orderId": "ord_91", "userId": "usr_12", "amount": 4900}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: String,
+    /// The customer.
+    pub user_id: String,
+    /// The amount to charge, in cents.
+    pub amount: i64,
+}

@@ -1,0 +1,18 @@
+//! The order worker of the story: `charge-on-order-placed` charges each `OrderPlaced` event
+//! exactly once, `send-receipt` e-mails a receipt (at least once), and a bad order is
+//! dead-lettered with a reason.
+
+pub mod events;
+pub mod handlers;
+pub mod payment;
+
+use worker_rabbitmq::{Worker, WorkerBuilder};
+
+/// The order worker's handlers and migrations, ready to `run()` (or to configure further in
+/// tests).
+pub fn worker() -> WorkerBuilder {
+    Worker::builder()
+        .handler(handlers::charge_on_order_placed)
+        .handler(handlers::send_receipt)
+        .migrations(sqlx::migrate!())
+}
