@@ -1,1 +1,315 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: an isolated broker namespace and database schema per
+//! test, a plain AMQP producer, and readers for queues and tables. Everything a test creates is
+//! removed when its [`TestEnv`] is dropped, even when the test fails.
+
+pub mod handlers;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use rand::Rng;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use worker_core::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
+use worker_core::dedup::identifier::Identifier;
+use worker_core::{DeadLetterRecord, RetryOverrides, WorkerConfig};
+
+/// Generous upper bound for anything a test waits for.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The broker URL the tests use.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into())
+}
+
+/// The database URL the tests use.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into())
+}
+
+/// Opens an AMQP connection on the tokio runtime.
+pub async fn amqp_connect() -> Connection {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    Connection::connect(&amqp_url(), properties)
+        .await
+        .expect("RabbitMQ must be running on 127.0.0.1:5672")
+}
+
+/// One test's isolated namespace: exchange `events.<id>`, queues `<id>.<handler>...`, schema `<id>`.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// Unique id (`t_` + 10 hex digits): also the schema name.
+    pub id: String,
+    /// The worker configuration for this namespace, with short retry delays.
+    pub config: WorkerConfig,
+    /// A pool whose search_path is the test schema.
+    pub pool: PgPool,
+    /// Publishing and reading connection.
+    pub connection: Connection,
+    /// A channel with publisher confirms.
+    pub channel: Channel,
+}
+
+impl TestEnv {
+    /// A fresh namespace; the schema exists (empty) so the pool can use it.
+    pub async fn new() -> Self {
+        let id = format!(
+            "t_{:010x}",
+            rand::thread_rng().gen::<u64>() & 0xff_ffff_ffff
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_url())
+            .await
+            .expect("PostgreSQL must be running on 127.0.0.1:5432");
+        sqlx::query(&format!("CREATE SCHEMA \"{id}\""))
+            .execute(&admin)
+            .await
+            .expect("create test schema");
+        admin.close().await;
+        let options: PgConnectOptions = database_url().parse().expect("DATABASE_URL");
+        let search_path = format!("\"{id}\"");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.options([("search_path", search_path.as_str())]))
+            .await
+            .expect("connect test pool");
+        let config = WorkerConfig {
+            amqp_url: amqp_url(),
+            database_url: database_url(),
+            exchange: format!("events.{id}"),
+            queue_prefix: format!("{id}."),
+            db_schema: Identifier::new(&id).expect("test ids are identifiers"),
+            consumer: "worker-tests-0.1.0".into(),
+            shutdown_timeout: Duration::from_secs(10),
+            db_pool_size: 8,
+            retry: RetryOverrides {
+                base: Some(Duration::from_millis(100)),
+                cap: Some(Duration::from_secs(1)),
+                jitter: Some(Duration::from_millis(50)),
+                max_attempts: None,
+            },
+            ..WorkerConfig::default()
+        };
+        let connection = amqp_connect().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        Self {
+            id,
+            config,
+            pool,
+            connection,
+            channel,
+        }
+    }
+
+    /// The work queue of `handler` in this namespace.
+    pub fn queue(&self, handler: &str) -> String {
+        self.config.queue_name(handler)
+    }
+
+    /// Publishes like any producer would: to the exchange, routing key = event type, persistent,
+    /// waiting for the confirm.
+    pub async fn publish(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                &self.config.exchange,
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        match confirm.await.expect("confirm") {
+            Confirmation::Ack(None) => {}
+            other => panic!("publish to {routing_key} not confirmed or returned: {other:?}"),
+        }
+    }
+
+    /// Publishes a JSON event with `message_id` set.
+    pub async fn publish_json(&self, event_type: &str, event_id: &str, payload: serde_json::Value) {
+        let body = serde_json::to_vec(&payload).expect("json");
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from(event_id))
+            .with_content_type(ShortString::from("application/json"));
+        self.publish(event_type, &body, properties).await;
+    }
+
+    /// Messages ready in `queue` (0 if it does not exist).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let count = channel
+            .queue_declare(queue, options, FieldTable::default())
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0);
+        let _ = channel.close(200, "").await;
+        count
+    }
+
+    /// Takes every record now in `<handler>.dlq` (removing them).
+    pub async fn take_dead_letters(
+        &self,
+        handler: &str,
+    ) -> Vec<(BasicProperties, DeadLetterRecord)> {
+        let queue = format!("{}.dlq", self.queue(handler));
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(&queue, BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic_get")
+        {
+            let record = serde_json::from_slice(&message.delivery.data).unwrap_or_else(|e| {
+                panic!(
+                    "DLQ body is not a record ({e}): {}",
+                    String::from_utf8_lossy(&message.delivery.data)
+                )
+            });
+            out.push((message.delivery.properties.clone(), record));
+        }
+        out
+    }
+
+    /// Waits until `handler`'s DLQ holds `n` records, then takes them.
+    pub async fn wait_dead_letters(
+        &self,
+        handler: &str,
+        n: usize,
+    ) -> Vec<(BasicProperties, DeadLetterRecord)> {
+        let queue = format!("{}.dlq", self.queue(handler));
+        eventually(&format!("{n} records in {queue}"), || async {
+            self.depth(&queue).await as usize >= n
+        })
+        .await;
+        let records = self.take_dead_letters(handler).await;
+        assert_eq!(records.len(), n, "records in {queue}");
+        records
+    }
+
+    /// `SELECT count(*)` with one text parameter.
+    pub async fn count(&self, sql: &str, arg: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .bind(arg)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Attempts recorded by the scripted handlers for `event_id` (any handler).
+    pub async fn attempts(&self, event_id: &str) -> i64 {
+        self.count(
+            "SELECT count(*) FROM attempts WHERE event_id = $1",
+            event_id,
+        )
+        .await
+    }
+
+    /// Effects recorded by the scripted handlers for `event_id` (any handler).
+    pub async fn effects(&self, event_id: &str) -> i64 {
+        self.count("SELECT count(*) FROM effects WHERE event_id = $1", event_id)
+            .await
+    }
+
+    /// The test-handler migrations (attempts and effects tables).
+    pub fn migrator() -> sqlx::migrate::Migrator {
+        sqlx::migrate!()
+    }
+}
+
+/// A string header value.
+pub fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !condition().await {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "timed out after {PATIENCE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let id = self.id.clone();
+        let prefix = self.config.queue_prefix.clone();
+        let exchange = self.config.exchange.clone();
+        // Runs on its own thread and runtime so cleanup also happens when a test panics.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let connection = amqp_connect().await;
+                let channel = connection.create_channel().await.expect("channel");
+                for queue in list_queues(&prefix) {
+                    let _ = channel
+                        .queue_delete(&queue, QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = channel
+                    .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                    .await;
+                let _ = connection.close(200, "test cleanup").await;
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&database_url())
+                    .await
+                {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{id}\" CASCADE"))
+                        .execute(&admin)
+                        .await;
+                    admin.close().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Every queue whose name starts with `prefix`, as `rabbitmqctl` lists them.
+fn list_queues(prefix: &str) -> Vec<String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|q| q.starts_with(prefix))
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
