@@ -313,3 +313,67 @@ fn list_queues(prefix: &str) -> Vec<String> {
         Err(_) => Vec::new(),
     }
 }
+
+/// One settlement: `(handler, event id, outcome, acked)`.
+pub type Settlement = (String, Option<String>, &'static str, bool);
+
+/// An observer that remembers every settlement.
+#[derive(Debug, Clone, Default)]
+pub struct Outcomes(pub std::sync::Arc<std::sync::Mutex<Vec<Settlement>>>);
+
+impl worker_core::Observer for Outcomes {
+    fn settled(&self, handler: &str, event_id: Option<&str>, outcome: &'static str, acked: bool) {
+        self.0.lock().expect("not poisoned").push((
+            handler.into(),
+            event_id.map(Into::into),
+            outcome,
+            acked,
+        ));
+    }
+}
+
+impl Outcomes {
+    /// The outcomes recorded for `event_id`, in order.
+    pub fn of(&self, event_id: &str) -> Vec<(&'static str, bool)> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|o| o.1.as_deref() == Some(event_id))
+            .map(|o| (o.2, o.3))
+            .collect()
+    }
+}
+
+impl TestEnv {
+    /// Consumers currently attached to `queue` (0 if it does not exist).
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let count = channel
+            .queue_declare(queue, options, FieldTable::default())
+            .await
+            .map(|q| q.consumer_count())
+            .unwrap_or(0);
+        let _ = channel.close(200, "").await;
+        count
+    }
+
+    /// Environment variables that make a worker process use this namespace.
+    pub fn worker_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AMQP_URL", self.config.amqp_url.clone()),
+            ("DATABASE_URL", self.config.database_url.clone()),
+            ("WORKER_EXCHANGE", self.config.exchange.clone()),
+            ("WORKER_QUEUE_PREFIX", self.config.queue_prefix.clone()),
+            ("WORKER_DB_SCHEMA", self.id.clone()),
+            ("WORKER_CONSUMER", self.config.consumer.clone()),
+            ("WORKER_RETRY_BASE", "100ms".into()),
+            ("WORKER_RETRY_CAP", "1s".into()),
+            ("WORKER_RETRY_JITTER", "50ms".into()),
+        ]
+    }
+}

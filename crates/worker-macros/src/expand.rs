@@ -4,11 +4,11 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Ident, ItemFn, ReturnType};
+use syn::{GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Type};
 
 use crate::attr::{self, Args};
 use crate::errors::Errors;
-use crate::signature::{self, Params, Role};
+use crate::signature::{self, Param, Params, Role};
 
 /// The whole macro: parse, check, then expand, or report every error found.
 pub(crate) fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -116,11 +116,14 @@ fn expand(args: &Args, name: &str, function: &ItemFn, params: &Params) -> TokenS
         .get(Role::Event)
         .expect("checked: a handler has an event")
         .ty();
-    let checks = checks(params);
+    let event_check = event_check(event_ty);
     let spec = spec(args, name);
     let call = call(args, params, &hidden, output);
 
     quote! {
+        #(#cfgs)*
+        #event_check
+
         #(#attrs)*
         #[doc(hidden)]
         #[allow(non_snake_case)]
@@ -157,38 +160,49 @@ fn expand(args: &Args, name: &str, function: &ItemFn, params: &Params) -> TokenS
 
             #call
         }
+    }
+}
 
-        #(#cfgs)*
+/// The event check, spanned at the event's type: a type that does not deserialize is reported
+/// there with worker-core's explanation (`Event`'s `on_unimplemented`).
+fn event_check(event_ty: &Type) -> TokenStream {
+    quote_spanned! {at(event_ty)=>
         #[allow(dead_code)]
         const _: () = {
-            #checks
+            fn __check_event() {
+                ::worker_core::__private::assert_event::<#event_ty>();
+            }
         };
     }
 }
 
-/// One check per parameter, spanned at its type, so a wrong type is reported at the parameter with
-/// worker-core's explanation instead of somewhere in the generated `impl`.
-fn checks(params: &Params) -> TokenStream {
-    params
-        .all
-        .iter()
-        .map(|p| {
-            let ty = p.ty();
-            let span = at(ty);
-            let value = Ident::new("__value", span);
-            match p.role {
-                Role::Event => quote_spanned! {span=>
-                    fn __check_event() { ::worker_core::__private::assert_event::<#ty>(); }
-                },
-                Role::Context => quote_spanned! {span=>
-                    fn __check_context(#value: #ty) { ::worker_core::__private::assert_context(#value); }
-                },
-                Role::Transaction => quote_spanned! {span=>
-                    fn __check_transaction(#value: #ty) { ::worker_core::__private::assert_transaction(#value); }
-                },
-            }
-        })
-        .collect()
+/// For the context and the transaction: a function from what the runtime passes to the declared
+/// type, spanned at that type. A wrong type is one error there, and the call that uses the
+/// function's result still type-checks, so the mistake is not reported a second time.
+fn argument(p: &Param) -> (Option<TokenStream>, TokenStream) {
+    let ty = p.ty();
+    let span = at(ty);
+    let (runtime, arg, given) = match p.role {
+        Role::Event => return (None, quote!(__event)),
+        Role::Context => (
+            quote!(&::worker_core::Context),
+            format_ident!("__context_arg"),
+            quote!(__ctx),
+        ),
+        Role::Transaction => (
+            quote!(&mut ::worker_core::__private::PgConnection),
+            format_ident!("__transaction_arg"),
+            quote!(__tx),
+        ),
+    };
+    let arg = Ident::new(&arg.to_string(), span);
+    let value = Ident::new("__value", span);
+    let function = quote_spanned! {span=>
+        fn #arg(#value: #runtime) -> #ty {
+            #value
+        }
+    };
+    (Some(function), quote!(#arg(#given)))
 }
 
 /// The `HandlerSpec` literal: the attribute's values over the documented defaults.
@@ -214,6 +228,9 @@ fn spec(args: &Args, name: &str) -> TokenStream {
     }
     let retry = if retry_fields.is_empty() {
         quote!(::worker_core::RetryPolicy::DEFAULT)
+    } else if retry_fields.len() == 4 {
+        // Every field is given: a `..DEFAULT` would be a no-op (clippy: needless_update).
+        quote!(::worker_core::RetryPolicy { #(#retry_fields)* })
     } else {
         quote!(::worker_core::RetryPolicy { #(#retry_fields)* ..::worker_core::RetryPolicy::DEFAULT })
     };
@@ -270,18 +287,28 @@ fn call(args: &Args, params: &Params, hidden: &Ident, output: &ReturnType) -> To
             };
         }
     });
-    let call_args = params.all.iter().map(|p| match p.role {
-        Role::Event => quote!(__event),
-        Role::Context => quote!(__ctx),
-        Role::Transaction => quote!(__tx),
-    });
-    // Spanned at the return type: an error type that does not convert is reported there.
-    let into = match output {
-        ReturnType::Type(_, ty) => at(ty),
-        ReturnType::Default => Span::call_site(),
+    let (arg_functions, call_args): (Vec<_>, Vec<_>) = params.all.iter().map(argument).unzip();
+    // Spanned at the return type and at its error type: a result that is not `Result<(), _>`, and
+    // an error that does not convert into `HandlerError`, are reported there.
+    let (output, error) = match output {
+        ReturnType::Type(_, ty) => (at(ty), at(error_type(ty))),
+        ReturnType::Default => (Span::call_site(), Span::call_site()),
     };
-    let map_err = quote_spanned! {into=>
-        .map_err(::core::convert::Into::<::worker_core::HandlerError>::into)
+    let result = Ident::new("__result", output);
+    let unit_ok = quote_spanned! {output=>
+        let __result: ::core::result::Result<(), _> = #result;
+    };
+    let map_err = quote_spanned! {error=>
+        __result.map_err(::core::convert::Into::<::worker_core::HandlerError>::into)
+    };
+    // Spanned at the function's name: a future that is not `Send` is reported there.
+    let boxed = quote_spanned! {at(&hidden)=>
+        ::worker_core::__private::Box::pin(async move {
+            #take_tx
+            let #result = #hidden(#(#call_args),*).await;
+            #unit_ok
+            #map_err
+        })
     };
     quote! {
         fn call<'a>(
@@ -293,10 +320,55 @@ fn call(args: &Args, params: &Params, hidden: &Ident, output: &ReturnType) -> To
             'a,
             ::core::result::Result<(), ::worker_core::HandlerError>,
         > {
-            ::worker_core::__private::Box::pin(async move {
-                #take_tx
-                #hidden(#(#call_args),*).await #map_err
-            })
+            #(#arg_functions)*
+            #boxed
         }
+    }
+}
+
+/// `E` in `Result<(), E>` (however `Result` is spelled), else the whole type.
+fn error_type(ty: &Type) -> &Type {
+    let Type::Path(path) = ty else { return ty };
+    let Some(PathArguments::AngleBracketed(args)) = path.path.segments.last().map(|s| &s.arguments)
+    else {
+        return ty;
+    };
+    match args.args.iter().nth(1) {
+        Some(GenericArgument::Type(error)) => error,
+        _ => ty,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(args: &str, item: &str) -> String {
+        handler(args.parse().unwrap(), item.parse().unwrap()).to_string()
+    }
+
+    #[test]
+    fn expansion_is_valid_rust() {
+        let out = expand_str(
+            r#"event = "OrderPlaced", dedup, retry = 12, base = 250ms"#,
+            "/// Charges.\npub async fn charge(event: OrderPlaced, tx: &mut PgConnection, ctx: &Context) \
+             -> Result<(), HandlerError> { Ok(()) }",
+        );
+        if std::env::var_os("SHOW_EXPANSION").is_some() {
+            println!("{out}");
+        }
+        let file: syn::File = syn::parse_str(&out).unwrap();
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(out.contains("fn __worker_handler_charge"));
+        assert!(out.contains("pub struct charge"));
+        assert!(file.items.len() >= 5);
+    }
+
+    #[test]
+    fn errors_keep_the_function() {
+        let item = "fn charge(event: OrderPlaced) -> Result<(), HandlerError> { Ok(()) }";
+        let out = expand_str("retry = 0, dedup", item);
+        assert_eq!(out.matches("compile_error").count(), 4, "{out}"); // retry, async, event, dedup
+        assert!(out.starts_with(&item.parse::<TokenStream>().unwrap().to_string()));
     }
 }

@@ -96,9 +96,3 @@ impl<T: DeserializeOwned + Send + 'static> Event for T {}
 
 #[doc(hidden)]
 pub fn assert_event<T: Event>() {}
-
-#[doc(hidden)]
-pub fn assert_context(_: &Context) {}
-
-#[doc(hidden)]
-pub fn assert_transaction(_: &mut PgConnection) {}

@@ -1,4 +1,4 @@
-use worker_core::{handler, HandlerError};
+use worker_core::handler;
 
 #[derive(serde::Deserialize)]
 struct OrderPlaced {

@@ -42,7 +42,9 @@ async fn pay_directly(event: PaymentRequested) -> Result<(), GatewayTimeout> {
 
 fn main() {
     let run = |amount: &str| {
-        futures::executor::block_on(pay::handle(PaymentRequested { amount: amount.into() }))
+        futures::executor::block_on(pay::handle(PaymentRequested {
+            amount: amount.into(),
+        }))
     };
     assert!(run("10").is_ok());
     assert!(run("ten").unwrap_err().is_poison());

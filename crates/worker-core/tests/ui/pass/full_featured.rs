@@ -86,7 +86,11 @@ fn main() {
     assert_eq!(spec.concurrency, worker_core::handler::DEFAULT_CONCURRENCY);
     assert_eq!(
         spec.retry,
-        RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(120), ..RetryPolicy::DEFAULT }
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(120),
+            ..RetryPolicy::DEFAULT
+        }
     );
 
     // The unit struct is `Copy + Default + Debug`, and `handle` calls the function directly.

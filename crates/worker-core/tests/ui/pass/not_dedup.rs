@@ -9,8 +9,16 @@ mod handlers {
     use super::*;
 
     /// Releases the stock held for a cancelled order; idempotent on its own, so no `dedup`.
-    #[handler(event = "OrderCancelled", retry = 1, concurrency = 64, jitter = "250ms")]
-    pub(crate) async fn release_stock(ctx: &Context, event: OrderCancelled) -> Result<(), HandlerError> {
+    #[handler(
+        event = "OrderCancelled",
+        retry = 1,
+        concurrency = 64,
+        jitter = "250ms"
+    )]
+    pub(crate) async fn release_stock(
+        ctx: &Context,
+        event: OrderCancelled,
+    ) -> Result<(), HandlerError> {
         sqlx::query("UPDATE stock SET held = held - 1 WHERE order_id = $1")
             .bind(&event.order_id)
             .execute(ctx.pool())

@@ -33,6 +33,8 @@ fn main() {
     }));
     assert!(ok.is_ok());
     assert_eq!(SENT.with(Cell::get), 1);
-    let err = futures::executor::block_on(send_welcome_email::handle(UserSignedUp { email: String::new() }));
+    let err = futures::executor::block_on(send_welcome_email::handle(UserSignedUp {
+        email: String::new(),
+    }));
     assert!(err.unwrap_err().is_poison());
 }
