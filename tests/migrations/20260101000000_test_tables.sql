@@ -4,6 +4,7 @@ CREATE TABLE attempts (
     event_id TEXT        NOT NULL,
     handler  TEXT        NOT NULL,
     attempt  INT         NOT NULL,
+    trace_id TEXT        NOT NULL,
     at       TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
 CREATE TABLE effects (

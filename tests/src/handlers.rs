@@ -21,12 +21,15 @@ pub struct Scripted {
 }
 
 async fn record_attempt(ctx: &Context) -> Result<(), HandlerError> {
-    sqlx::query("INSERT INTO attempts (event_id, handler, attempt) VALUES ($1, $2, $3)")
-        .bind(ctx.event_id())
-        .bind(ctx.handler())
-        .bind(ctx.attempt() as i32)
-        .execute(ctx.pool())
-        .await?;
+    sqlx::query(
+        "INSERT INTO attempts (event_id, handler, attempt, trace_id) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(ctx.event_id())
+    .bind(ctx.handler())
+    .bind(ctx.attempt() as i32)
+    .bind(ctx.trace_id())
+    .execute(ctx.pool())
+    .await?;
     Ok(())
 }
 

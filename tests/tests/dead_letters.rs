@@ -129,6 +129,16 @@ async fn exhausted_retries_are_dead_lettered_with_the_attempt_count_and_original
     );
     assert_eq!(headers["priority-class"], HeaderValue::I32(5));
     // A message without traceparent gets one trace for all its attempts, named in the record.
+    let traces: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT trace_id FROM attempts WHERE event_id = 'evt_tired'")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        traces,
+        vec![meta.trace_id.clone()],
+        "every attempt ran under the record's trace id"
+    );
     assert_eq!(meta.trace_id.len(), 32);
 }
 

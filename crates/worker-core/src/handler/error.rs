@@ -117,7 +117,11 @@ impl HandlerError {
 /// Renders an error as `TypeName: message: cause: cause`, the on-call engineer's view of it.
 fn describe<E: StdError + 'static>(error: &E) -> String {
     let type_name = std::any::type_name::<E>();
-    let short = type_name.rsplit("::").next().unwrap_or(type_name);
+    let short = match type_name.rsplit("::").next() {
+        // `Error` alone says nothing: keep the path (`sqlx_core::error::Error`).
+        Some("Error") | None => type_name,
+        Some(short) => short,
+    };
     let mut text = format!("{short}: {error}");
     let mut cause = error.source();
     while let Some(inner) = cause {
@@ -215,6 +219,27 @@ mod tests {
         assert_eq!(
             err.message(),
             "PaymentGatewayTimeout: upstream returned 504 after 30s"
+        );
+    }
+
+    #[test]
+    fn database_and_io_errors_are_retryable() {
+        let from = |e: sqlx::Error| HandlerError::from(e).kind();
+        assert_eq!(from(sqlx::Error::PoolTimedOut), ErrorKind::Retryable);
+        assert_eq!(
+            from(sqlx::Error::Io(std::io::Error::other("connection reset"))),
+            ErrorKind::Retryable
+        );
+        assert_eq!(
+            from(sqlx::Error::Protocol("unexpected message".into())),
+            ErrorKind::Retryable
+        );
+        let err = HandlerError::from(sqlx::Error::PoolTimedOut);
+        assert!(
+            err.message()
+                .starts_with("sqlx_core::error::Error: pool timed out"),
+            "{}",
+            err.message()
         );
     }
 
