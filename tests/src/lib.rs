@@ -92,6 +92,8 @@ impl TestEnv {
             consumer: "worker-tests-0.1.0".into(),
             shutdown_timeout: Duration::from_secs(10),
             db_pool_size: 8,
+            metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            lag_poll_interval: Duration::from_millis(200),
             retry: RetryOverrides {
                 base: Some(Duration::from_millis(100)),
                 cap: Some(Duration::from_secs(1)),
@@ -322,12 +324,12 @@ pub type Settlement = (String, Option<String>, &'static str, bool);
 pub struct Outcomes(pub std::sync::Arc<std::sync::Mutex<Vec<Settlement>>>);
 
 impl worker_core::Observer for Outcomes {
-    fn settled(&self, handler: &str, event_id: Option<&str>, outcome: &'static str, acked: bool) {
+    fn settled(&self, s: &worker_core::observer::Settlement<'_>) {
         self.0.lock().expect("not poisoned").push((
-            handler.into(),
-            event_id.map(Into::into),
-            outcome,
-            acked,
+            s.handler.into(),
+            s.event_id.map(Into::into),
+            s.outcome,
+            s.acked,
         ));
     }
 }
@@ -374,6 +376,7 @@ impl TestEnv {
             ("WORKER_RETRY_BASE", "100ms".into()),
             ("WORKER_RETRY_CAP", "1s".into()),
             ("WORKER_RETRY_JITTER", "50ms".into()),
+            ("WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
         ]
     }
 }

@@ -13,6 +13,8 @@
 //! | `WORKER_SHUTDOWN_TIMEOUT` | `30s` | how long in-flight deliveries may finish after a stop signal |
 //! | `WORKER_DB_POOL_SIZE` | `20` | database connections |
 //! | `WORKER_CONSUMER` | the executable's name | `consumer` in dead-letter records |
+//! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
+//! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
 //! | `WORKER_HANDLER_<NAME>_RETRY_ATTEMPTS` (`_BASE`, `_CAP`, `_JITTER`), `WORKER_HANDLER_<NAME>_CONCURRENCY` | | override one handler (`<NAME>`: the handler name upper-cased, `-` → `_`) |
 //!
@@ -124,6 +126,10 @@ pub struct WorkerConfig {
     pub db_pool_size: u32,
     /// `consumer` in dead-letter records.
     pub consumer: String,
+    /// Where the metrics and health endpoint listens; `None`: no endpoint.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often queue depths are polled.
+    pub lag_poll_interval: Duration,
     /// Overrides for every handler.
     pub retry: RetryOverrides,
     /// Overrides per handler name (set in code or tests; applied after `retry`).
@@ -146,6 +152,8 @@ impl Default for WorkerConfig {
             shutdown_timeout: Duration::from_secs(30),
             db_pool_size: 20,
             consumer: default_consumer(),
+            metrics_addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9464))),
+            lag_poll_interval: Duration::from_secs(15),
             retry: RetryOverrides::default(),
             handlers: HashMap::new(),
             read_handler_env: false,
@@ -176,6 +184,10 @@ impl WorkerConfig {
             db_pool_size: env_parse("WORKER_DB_POOL_SIZE", parse_positive)?
                 .unwrap_or(defaults.db_pool_size),
             consumer: env_string("WORKER_CONSUMER").unwrap_or(defaults.consumer),
+            metrics_addr: env_parse("WORKER_METRICS_ADDR", parse_metrics_addr)?
+                .unwrap_or(defaults.metrics_addr),
+            lag_poll_interval: env_parse("WORKER_LAG_POLL_INTERVAL", parse_duration)?
+                .unwrap_or(defaults.lag_poll_interval),
             retry: RetryOverrides::from_env("WORKER_")?,
             handlers: HashMap::new(),
             read_handler_env: true,
@@ -278,6 +290,19 @@ fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(value: &str) -> 
         Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err("expected a whole number of at least 1".into()),
     }
+}
+
+fn parse_metrics_addr(value: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if matches!(
+        value.to_ascii_lowercase().as_str(),
+        "off" | "false" | "0" | "none"
+    ) {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| "expected host:port (e.g. 0.0.0.0:9464) or `off`".into())
 }
 
 fn parse_queue_type(value: &str) -> Result<QueueType, String> {

@@ -46,6 +46,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod retry;
 pub mod shutdown;
+pub mod telemetry;
 pub mod trace_context;
 
 pub use config::{RetryOverrides, WorkerConfig};

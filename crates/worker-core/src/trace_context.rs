@@ -7,10 +7,12 @@
 use rand::RngCore;
 
 use crate::message::headers::{HeaderValue, Headers};
-use crate::retry::attempts::TRACE_ID_HEADER;
+use crate::retry::attempts::{TRACE_ID_HEADER, WORKER_TRACEPARENT_HEADER};
 
 /// Header name of the W3C trace parent.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Header name of the W3C trace state.
+pub const TRACESTATE_HEADER: &str = "tracestate";
 
 /// Where a trace id came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +30,10 @@ pub enum TraceOrigin {
 pub struct TraceContext {
     /// 32 lowercase hex digits.
     pub trace_id: String,
-    /// The producer's span id (16 hex digits), when it sent a `traceparent`.
+    /// The parent span id (16 hex digits): the producer's, or the previous attempt's.
     pub parent_span_id: Option<String>,
+    /// The producer's `tracestate`, passed on.
+    pub tracestate: Option<String>,
     /// Where the trace id came from.
     pub origin: TraceOrigin,
 }
@@ -38,31 +42,38 @@ impl TraceContext {
     /// The trace of a delivery, from its headers. A malformed `traceparent` (or one of an
     /// unexpected header type) is ignored, as the W3C spec asks, and a new trace is started.
     pub fn from_headers(headers: &Headers) -> Self {
-        if let Some((trace_id, span_id)) = headers
-            .get(TRACEPARENT_HEADER)
-            .and_then(HeaderValue::as_str)
-            .and_then(parse_traceparent)
+        let text = |name: &str| headers.get(name).and_then(HeaderValue::as_str);
+        let tracestate = text(TRACESTATE_HEADER).map(str::to_owned);
+        if let Some((trace_id, span_id)) =
+            text(WORKER_TRACEPARENT_HEADER).and_then(parse_traceparent)
         {
             return Self {
                 trace_id,
                 parent_span_id: Some(span_id),
+                tracestate,
+                origin: TraceOrigin::EarlierAttempt,
+            };
+        }
+        if let Some((trace_id, span_id)) = text(TRACEPARENT_HEADER).and_then(parse_traceparent) {
+            return Self {
+                trace_id,
+                parent_span_id: Some(span_id),
+                tracestate,
                 origin: TraceOrigin::Producer,
             };
         }
-        if let Some(id) = headers
-            .get(TRACE_ID_HEADER)
-            .and_then(HeaderValue::as_str)
-            .filter(|id| is_trace_id(id))
-        {
+        if let Some(id) = text(TRACE_ID_HEADER).filter(|id| is_trace_id(id)) {
             return Self {
                 trace_id: id.to_owned(),
                 parent_span_id: None,
+                tracestate,
                 origin: TraceOrigin::EarlierAttempt,
             };
         }
         Self {
             trace_id: new_trace_id(),
             parent_span_id: None,
+            tracestate,
             origin: TraceOrigin::Started,
         }
     }

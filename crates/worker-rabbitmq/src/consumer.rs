@@ -2,6 +2,7 @@
 //! by the pipeline and then settled.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -11,6 +12,7 @@ use lapin::Channel;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use worker_core::observer::Settlement;
 use worker_core::pipeline::Runtime;
 use worker_core::registry::ErasedHandler;
 use worker_core::HandlerSpec;
@@ -23,6 +25,7 @@ use crate::topology::QueueNames;
 
 /// Everything one handler's deliveries need.
 pub(crate) struct HandlerRunner {
+    pub(crate) health: Arc<worker_core::telemetry::health::Health>,
     pub(crate) handler: Arc<dyn ErasedHandler>,
     pub(crate) spec: HandlerSpec,
     pub(crate) names: QueueNames,
@@ -65,6 +68,28 @@ impl HandlerRunner {
             .await
             .map_err(WorkerError::broker(format!("consume `{queue}`")))?;
         let in_flight = Arc::new(Semaphore::new(self.spec.concurrency));
+        self.health.consumer_started();
+        let result = self
+            .consume_deliveries(&mut consumer, &stop, &in_flight)
+            .await;
+        self.health.consumer_stopped();
+        result?;
+        if let Err(error) = channel
+            .basic_cancel(&consumer_tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(%error, queue, "cancelling the consumer failed");
+        }
+        Ok(())
+    }
+
+    async fn consume_deliveries(
+        self: &Arc<Self>,
+        consumer: &mut lapin::Consumer,
+        stop: &Stop,
+        in_flight: &Arc<Semaphore>,
+    ) -> Result<(), WorkerError> {
+        let queue = &self.names.work;
         tracing::info!(
             queue,
             handler = self.spec.name,
@@ -81,34 +106,28 @@ impl HandlerRunner {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => {
                     return Err(WorkerError::ConsumerLost {
-                        queue,
+                        queue: queue.clone(),
                         reason: error.to_string(),
                     })
                 }
                 None if stop.consuming.is_cancelled() => break,
                 None => {
                     return Err(WorkerError::ConsumerLost {
-                        queue,
+                        queue: queue.clone(),
                         reason: "the broker cancelled the consumer".into(),
                     })
                 }
             };
-            let permit = Arc::clone(&in_flight)
+            let permit = Arc::clone(in_flight)
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let runner = Arc::clone(&self);
+            let runner = Arc::clone(self);
             let abandon = stop.abandon.clone();
             stop.tasks.spawn(async move {
                 runner.handle(delivery, abandon).await;
                 drop(permit);
             });
-        }
-        if let Err(error) = channel
-            .basic_cancel(&consumer_tag, BasicCancelOptions::default())
-            .await
-        {
-            tracing::warn!(%error, queue, "cancelling the consumer failed");
         }
         Ok(())
     }
@@ -117,22 +136,32 @@ impl HandlerRunner {
         let acker = delivery.acker.clone();
         let message = convert::inbound(delivery);
         let event_id = message.properties.message_id.clone();
+        let observer = &self.runtime.observer;
+        observer.received(self.spec.name, &message);
+        let started = Instant::now();
+        let settlement = |outcome, error_kind, acked| Settlement {
+            handler: self.spec.name,
+            event_id: event_id.as_deref(),
+            outcome,
+            error_kind,
+            acked,
+            duration: started.elapsed(),
+        };
         let disposition = tokio::select! {
             biased;
             _ = abandon.cancelled() => {
                 tracing::warn!(handler = self.spec.name, event_id, "shutdown deadline passed: giving the delivery back unfinished");
                 settle::nack(&acker).await;
-                self.runtime.observer.settled(self.spec.name, event_id.as_deref(), "abandoned", false);
+                observer.settled(&settlement("abandoned", None, false));
                 return;
             }
             disposition = self.handler.process(&self.spec, &self.runtime, &message) => disposition,
         };
+        let done = settlement(disposition.outcome_name(), disposition.error_kind(), false);
         let settled = settle::settle(&acker, &disposition, &self.names, &self.publisher).await;
-        self.runtime.observer.settled(
-            self.spec.name,
-            event_id.as_deref(),
-            disposition.outcome_name(),
-            settled == Settled::Acked,
-        );
+        observer.settled(&Settlement {
+            acked: settled == Settled::Acked,
+            ..done
+        });
     }
 }

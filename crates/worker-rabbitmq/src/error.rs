@@ -49,6 +49,14 @@ pub enum WorkerError {
         /// The handler.
         handler: String,
     },
+    /// The metrics endpoint could not listen.
+    #[error("cannot serve metrics on {addr}: {source} (set WORKER_METRICS_ADDR to another address, or `off`)")]
+    MetricsEndpoint {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The connection to the broker was lost while consuming.
     #[error("lost the RabbitMQ connection while consuming `{queue}`: {reason}")]
     ConsumerLost {

@@ -25,6 +25,7 @@ mod connection;
 mod consumer;
 mod convert;
 mod error;
+mod lag;
 mod publisher;
 mod settle;
 pub mod topology;

@@ -11,13 +11,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::config::redact_url;
-use worker_core::observer::NoopObserver;
+use worker_core::observer::Observers;
 use worker_core::pipeline::Runtime;
+use worker_core::telemetry::health::Health;
+use worker_core::telemetry::metrics::Metrics;
+use worker_core::telemetry::server::{self, Endpoint};
 use worker_core::{DedupStore, Handler, Observer, Registry, WorkerConfig};
 
 use crate::connection::connect;
 use crate::consumer::{HandlerRunner, Stop};
 use crate::error::WorkerError;
+use crate::lag::{self, Watched};
 use crate::publisher::Publisher;
 use crate::topology;
 
@@ -35,7 +39,7 @@ impl Worker {
             registry: Registry::new(),
             config: None,
             migrator: None,
-            observer: Arc::new(NoopObserver),
+            observers: Vec::new(),
         }
     }
 }
@@ -45,7 +49,7 @@ pub struct WorkerBuilder {
     registry: Registry,
     config: Option<WorkerConfig>,
     migrator: Option<Migrator>,
-    observer: Arc<dyn Observer>,
+    observers: Vec<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -77,15 +81,24 @@ impl WorkerBuilder {
         self
     }
 
-    /// Hooks for telemetry or fault injection.
+    /// Adds hooks for telemetry or fault injection (called after the built-in metrics).
     pub fn observer(mut self, observer: impl Observer) -> Self {
-        self.observer = Arc::new(observer);
+        self.observers.push(Arc::new(observer));
         self
     }
 
     /// Starts, then runs until SIGINT or SIGTERM and stops gracefully. A second signal during
     /// the graceful stop gives back every unfinished delivery at once.
-    pub async fn run(self) -> Result<(), WorkerError> {
+    ///
+    /// Installs the log and trace pipeline first (see
+    /// [`worker_core::telemetry::logging`]) unless the application installed a subscriber.
+    pub async fn run(mut self) -> Result<(), WorkerError> {
+        let config = match self.config.take() {
+            Some(config) => config,
+            None => WorkerConfig::from_env()?,
+        };
+        let _telemetry = worker_core::telemetry::logging::init(&config.consumer);
+        self.config = Some(config);
         let mut worker = self.start().await?;
         tokio::select! {
             _ = worker_core::shutdown::signal() => {}
@@ -131,7 +144,19 @@ impl WorkerBuilder {
             }
         }
 
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new());
+        health.expect_consumers(specs.len());
+        let endpoint = match config.metrics_addr {
+            Some(addr) => Some(
+                server::serve(addr, Arc::clone(&metrics), Arc::clone(&health))
+                    .await
+                    .map_err(|source| WorkerError::MetricsEndpoint { addr, source })?,
+            ),
+            None => None,
+        };
         let pool = connect_database(&config, &specs).await?;
+        health.set_pool(pool.clone());
         let dedup = DedupStore::new(config.db_schema.clone());
         if config.migrate {
             dedup
@@ -147,6 +172,12 @@ impl WorkerBuilder {
         }
 
         let connection = Arc::new(connect(&config.amqp_url, &config.consumer).await?);
+        health.set_broker_connected(true);
+        let on_error = Arc::clone(&health);
+        connection.on_error(move |error| {
+            tracing::error!(%error, "RabbitMQ connection lost");
+            on_error.set_broker_connected(false);
+        });
         let setup = connection
             .create_channel()
             .await
@@ -162,7 +193,11 @@ impl WorkerBuilder {
             pool: pool.clone(),
             dedup: dedup.clone(),
             consumer: config.consumer.clone(),
-            observer: self.observer,
+            observer: Arc::new(Observers(
+                std::iter::once(Arc::clone(&metrics) as Arc<dyn Observer>)
+                    .chain(self.observers)
+                    .collect(),
+            )),
         };
         let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
         let stop = Stop {
@@ -171,13 +206,20 @@ impl WorkerBuilder {
             tasks: TaskTracker::new(),
         };
         let mut consumers = JoinSet::new();
+        let mut watched = Vec::with_capacity(specs.len());
         for ((handler, spec), names) in self.registry.handlers().iter().zip(specs).zip(names) {
             let channel = connection
                 .create_channel()
                 .await
                 .map_err(WorkerError::broker("open a consumer channel"))?;
             let tag = format!("{}-{}-{}", config.consumer, spec.name, std::process::id());
+            watched.push(Watched {
+                handler: spec.name,
+                names: names.clone(),
+                delay_levels: spec.retry.level_count(),
+            });
             let runner = Arc::new(HandlerRunner {
+                health: Arc::clone(&health),
                 handler: Arc::clone(handler),
                 spec,
                 names,
@@ -191,6 +233,12 @@ impl WorkerBuilder {
             });
         }
         let pruner = tokio::spawn(prune_forever(pool.clone(), dedup, config.dedup_retention));
+        let lag_poller = tokio::spawn(lag::poll_forever(
+            Arc::clone(&connection),
+            watched,
+            Arc::clone(&metrics),
+            config.lag_poll_interval,
+        ));
         tracing::info!(
             amqp = %redact_url(&config.amqp_url),
             database = %redact_url(&config.database_url),
@@ -203,6 +251,9 @@ impl WorkerBuilder {
             connection,
             pool,
             pruner,
+            lag_poller,
+            endpoint,
+            health,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -263,6 +314,9 @@ pub struct RunningWorker {
     connection: Arc<Connection>,
     pool: PgPool,
     pruner: tokio::task::JoinHandle<()>,
+    lag_poller: tokio::task::JoinHandle<()>,
+    endpoint: Option<Endpoint>,
+    health: Arc<Health>,
     shutdown_timeout: Duration,
 }
 
@@ -315,9 +369,19 @@ impl RunningWorker {
         }
         let _ = self.connection.close(200, "worker stopping").await;
         self.pruner.abort();
+        self.lag_poller.abort();
+        self.health.set_broker_connected(false);
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.stop();
+        }
         self.pool.close().await;
         tracing::info!("worker stopped");
         Ok(())
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when the endpoint is on.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(|e| e.addr)
     }
 
     /// A handle that makes a running [`shutdown`](Self::shutdown) give back unfinished deliveries

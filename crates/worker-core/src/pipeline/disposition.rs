@@ -52,6 +52,14 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// For a dead letter, whether it was poison or ran out of attempts.
+    pub fn error_kind(&self) -> Option<crate::ErrorKind> {
+        match self {
+            Disposition::DeadLetter { record, .. } => Some(record.failure_metadata.error_kind),
+            _ => None,
+        }
+    }
+
     /// A short, low-cardinality name: `ok`, `duplicate`, `retry`, `dead_letter`, `give_back`.
     pub fn outcome_name(&self) -> &'static str {
         match self {

@@ -21,6 +21,7 @@ use crate::dedup::store::DedupStore;
 use crate::handler::{Handler, HandlerSpec};
 use crate::message::inbound::InboundMessage;
 use crate::observer::Observer;
+use crate::telemetry::propagation;
 use disposition::Disposition;
 use envelope::Envelope;
 
@@ -53,23 +54,54 @@ pub async fn process<H: Handler>(
     runtime: &Runtime,
     message: &InboundMessage,
 ) -> Disposition {
-    let envelope = Envelope::open(message, spec.retry.max_attempts);
-    let span = tracing::info_span!(
-        "process",
-        handler = spec.name,
-        event_id = envelope.event_id.as_deref().unwrap_or(""),
-        event_type = %envelope.event_type,
-        attempt = envelope.retry.attempt(),
-        trace_id = %envelope.trace.trace_id,
-        outcome = tracing::field::Empty,
-    );
+    let mut envelope = Envelope::open(message, spec.retry.max_attempts);
+    let span = process_span(spec, message, &envelope);
+    propagation::attach(&span, &mut envelope.trace);
+    span.record("trace_id", envelope.trace.trace_id.as_str());
     async {
         let disposition = run(handler, spec, runtime, message, &envelope).await;
-        tracing::Span::current().record("outcome", disposition.outcome_name());
+        let current = tracing::Span::current();
+        current.record("worker.outcome", disposition.outcome_name());
+        if !matches!(disposition, Disposition::Processed | Disposition::Duplicate) {
+            current.record("otel.status_code", "error");
+        }
         disposition
     }
     .instrument(span)
     .await
+}
+
+/// The consumer span of one delivery, named and attributed per the OpenTelemetry messaging
+/// semantic conventions; `handler`, `event_id` and `trace_id` are for log lines.
+fn process_span(
+    spec: &HandlerSpec,
+    message: &InboundMessage,
+    envelope: &Envelope,
+) -> tracing::Span {
+    let event_id = envelope.event_id.as_deref().unwrap_or("");
+    tracing::info_span!(
+        "process",
+        "otel.name" = %format_args!("process {}", spec.name),
+        "otel.kind" = "consumer",
+        "otel.status_code" = tracing::field::Empty,
+        "messaging.system" = "rabbitmq",
+        "messaging.operation.name" = "process",
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = %envelope.exchange,
+        "messaging.rabbitmq.destination.routing_key" = %envelope.routing_key,
+        "messaging.consumer.group.name" = spec.name,
+        "messaging.message.id" = event_id,
+        "messaging.message.conversation_id" = envelope.correlation_id.as_deref().unwrap_or(""),
+        "messaging.message.body.size" = message.body.len(),
+        "worker.handler" = spec.name,
+        "worker.attempt" = envelope.retry.attempt(),
+        "worker.outcome" = tracing::field::Empty,
+        handler = spec.name,
+        event_id,
+        event_type = %envelope.event_type,
+        attempt = envelope.retry.attempt(),
+        trace_id = tracing::field::Empty,
+    )
 }
 
 async fn run<H: Handler>(

@@ -18,8 +18,12 @@ pub const LAST_ERROR_HEADER: &str = "x-worker-last-error";
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-worker-exchange";
 /// Header: the routing key the producer published with.
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-worker-routing-key";
-/// Header: the trace id the worker started, for messages that arrived without `traceparent`.
+/// Header: the trace id of the event, for messages that arrived without `traceparent` (set by
+/// replays; read as a fallback).
 pub const TRACE_ID_HEADER: &str = "x-worker-trace-id";
+/// Header: W3C `traceparent` of the attempt that published this retry copy, so the next attempt
+/// joins the same trace (the producer's own `traceparent` header is left untouched).
+pub const WORKER_TRACEPARENT_HEADER: &str = "x-worker-traceparent";
 
 /// Prefix of every header the worker adds.
 pub const WORKER_HEADER_PREFIX: &str = "x-worker-";

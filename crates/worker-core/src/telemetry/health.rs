@@ -1,0 +1,84 @@
+//! Liveness and readiness: `/healthz` says the process is alive; `/readyz` says it is connected
+//! to the broker and the database and every handler is consuming.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// What readiness is made of. The transport updates the broker side; the database is checked on
+/// each `/readyz` request.
+#[derive(Debug, Default)]
+pub struct Health {
+    broker_connected: AtomicBool,
+    consuming: AtomicUsize,
+    expected_consumers: AtomicUsize,
+    pool: std::sync::OnceLock<PgPool>,
+}
+
+impl Health {
+    /// Nothing connected yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The database to check.
+    pub fn set_pool(&self, pool: PgPool) {
+        let _ = self.pool.set(pool);
+    }
+
+    /// How many consumers a ready worker runs (one per handler).
+    pub fn expect_consumers(&self, count: usize) {
+        self.expected_consumers.store(count, Ordering::SeqCst);
+    }
+
+    /// The broker connection is up (`true`) or lost (`false`). Losing it also means no consumer
+    /// is running.
+    pub fn set_broker_connected(&self, connected: bool) {
+        self.broker_connected.store(connected, Ordering::SeqCst);
+        if !connected {
+            self.consuming.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// A handler's consumer started.
+    pub fn consumer_started(&self) {
+        self.consuming.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A handler's consumer stopped.
+    pub fn consumer_stopped(&self) {
+        let _ = self
+            .consuming
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// `Ok` when ready, else why not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if !self.broker_connected.load(Ordering::SeqCst) {
+            return Err("not connected to RabbitMQ".into());
+        }
+        let (consuming, expected) = (
+            self.consuming.load(Ordering::SeqCst),
+            self.expected_consumers.load(Ordering::SeqCst),
+        );
+        if consuming < expected {
+            return Err(format!("{consuming} of {expected} handlers consuming"));
+        }
+        let Some(pool) = self.pool.get() else {
+            return Err("no database pool yet".into());
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(pool),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("database check failed: {error}")),
+            Err(_) => Err("database check timed out after 2s".into()),
+        }
+    }
+}

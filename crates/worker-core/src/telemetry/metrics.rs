@@ -1,0 +1,256 @@
+//! Prometheus metrics, all prefixed `worker_`. Labels are low-cardinality: handler names, fixed
+//! outcome names, fixed queue kinds.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `worker_messages_total` | counter | handler, outcome, error_kind | deliveries settled: `ok`, `duplicate`, `retry`, `dead_letter` (error_kind `poison`/`retryable`), `give_back`, `abandoned` |
+//! | `worker_handler_duration_seconds` | histogram | handler | time in the pipeline (decode, transaction, handler) |
+//! | `worker_in_flight_messages` | gauge | handler | deliveries being processed now |
+//! | `worker_redeliveries_total` | counter | handler | deliveries the broker flagged as redelivered |
+//! | `worker_queue_messages` | gauge | handler, queue | ready messages in the `work` queue, the `retry` delay queues, the `dlq` (polled) |
+//! | `worker_message_age_seconds` | histogram | handler | now − the message's AMQP `timestamp` when processing starts |
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::message::inbound::InboundMessage;
+use crate::observer::{Observer, Settlement};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    handler: String,
+    outcome: String,
+    error_kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabels {
+    handler: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    handler: String,
+    queue: String,
+}
+
+type HistogramFamily = Family<HandlerLabels, Histogram, fn() -> Histogram>;
+
+/// Which of a handler's queues a depth belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// The work queue: the consumer lag.
+    Work,
+    /// All delay queues together.
+    Retry,
+    /// The dead-letter queue.
+    DeadLetter,
+}
+
+impl QueueKind {
+    fn label(self) -> &'static str {
+        match self {
+            QueueKind::Work => "work",
+            QueueKind::Retry => "retry",
+            QueueKind::DeadLetter => "dlq",
+        }
+    }
+}
+
+/// The worker's metrics; an [`Observer`] that keeps them up to date.
+pub struct Metrics {
+    registry: Registry,
+    messages: Family<OutcomeLabels, Counter>,
+    duration: HistogramFamily,
+    in_flight: Family<HandlerLabels, Gauge>,
+    redeliveries: Family<HandlerLabels, Counter>,
+    queue_depth: Family<QueueLabels, Gauge>,
+    message_age: HistogramFamily,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16)) // 1 ms .. ~33 s
+}
+
+fn age_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 20)) // 10 ms .. ~1.5 h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("worker");
+        let messages = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Deliveries settled, by handler and outcome",
+            messages.clone(),
+        );
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "handler_duration",
+            "Time in the pipeline per delivery",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let in_flight = Family::<HandlerLabels, Gauge>::default();
+        registry.register(
+            "in_flight_messages",
+            "Deliveries being processed",
+            in_flight.clone(),
+        );
+        let redeliveries = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "redeliveries",
+            "Deliveries flagged as redelivered by the broker",
+            redeliveries.clone(),
+        );
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_messages",
+            "Ready messages per handler queue (work = lag, retry, dlq)",
+            queue_depth.clone(),
+        );
+        let message_age: HistogramFamily = Family::new_with_constructor(age_histogram);
+        registry.register_with_unit(
+            "message_age",
+            "Age of messages when processing starts (now - AMQP timestamp)",
+            Unit::Seconds,
+            message_age.clone(),
+        );
+        Self {
+            registry,
+            messages,
+            duration,
+            in_flight,
+            redeliveries,
+            queue_depth,
+            message_age,
+        }
+    }
+
+    /// Records a polled queue depth.
+    pub fn set_queue_depth(&self, handler: &str, kind: QueueKind, messages: u32) {
+        self.queue_depth
+            .get_or_create(&QueueLabels {
+                handler: handler.into(),
+                queue: kind.label().into(),
+            })
+            .set(i64::from(messages));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn handler(name: &str) -> HandlerLabels {
+    HandlerLabels {
+        handler: name.into(),
+    }
+}
+
+impl Observer for Metrics {
+    fn received(&self, name: &str, message: &InboundMessage) {
+        self.in_flight.get_or_create(&handler(name)).inc();
+        if message.redelivered {
+            self.redeliveries.get_or_create(&handler(name)).inc();
+        }
+        if let Some(sent) = message.properties.timestamp {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.message_age
+                .get_or_create(&handler(name))
+                .observe((now - sent as f64).max(0.0));
+        }
+    }
+
+    fn settled(&self, s: &Settlement<'_>) {
+        self.in_flight.get_or_create(&handler(s.handler)).dec();
+        let labels = OutcomeLabels {
+            handler: s.handler.into(),
+            outcome: s.outcome.into(),
+            error_kind: s
+                .error_kind
+                .map(|k| k.as_str().to_owned())
+                .unwrap_or_default(),
+        };
+        self.messages.get_or_create(&labels).inc();
+        self.duration
+            .get_or_create(&handler(s.handler))
+            .observe(s.duration.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn renders_prometheus_text_with_the_prefix_and_units() {
+        let metrics = Metrics::new();
+        let message = InboundMessage {
+            redelivered: true,
+            ..Default::default()
+        };
+        metrics.received("h", &message);
+        let settled = Settlement {
+            handler: "h",
+            event_id: Some("e"),
+            outcome: "dead_letter",
+            error_kind: Some(ErrorKind::Poison),
+            acked: true,
+            duration: std::time::Duration::from_millis(3),
+        };
+        metrics.settled(&settled);
+        metrics.set_queue_depth("h", QueueKind::DeadLetter, 1);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"worker_messages_total{handler="h",outcome="dead_letter",error_kind="poison"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"worker_redeliveries_total{handler="h"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"worker_in_flight_messages{handler="h"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"worker_queue_messages{handler="h",queue="dlq"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"worker_handler_duration_seconds_count{handler="h"} 1"#),
+            "{text}"
+        );
+    }
+}

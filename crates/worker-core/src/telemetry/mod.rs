@@ -1,0 +1,9 @@
+//! Telemetry: one trace across every attempt of an event ([`propagation`]), Prometheus metrics
+//! ([`metrics`]), liveness and readiness ([`health`]), the HTTP endpoint serving them
+//! ([`server`]), and the log and trace pipeline ([`logging`]).
+
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod propagation;
+pub mod server;
