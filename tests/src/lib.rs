@@ -380,3 +380,60 @@ impl TestEnv {
         ]
     }
 }
+
+/// `GET path` on `addr` over plain HTTP/1.0: the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics endpoint");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Closes the broker connection whose client-provided name is `name`, as an operator would
+/// (`rabbitmqctl close_connection`). Returns how many connections it closed.
+pub fn close_connections_named(name: &str) -> usize {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let needle = format!("\"{name}\"");
+    let mut closed = 0;
+    for line in listing.lines().filter(|line| line.contains(&needle)) {
+        let Some(pid) = line.split_whitespace().next() else {
+            continue;
+        };
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: simulated connection loss"])
+            .status();
+        if status.map(|s| s.success()).unwrap_or(false) {
+            closed += 1;
+        }
+    }
+    closed
+}

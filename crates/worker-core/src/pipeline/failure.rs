@@ -12,9 +12,10 @@ use crate::message::headers::HeaderValue;
 use crate::message::inbound::{InboundMessage, Properties};
 use crate::retry::attempts::{
     ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, LAST_ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER, WORKER_TRACEPARENT_HEADER,
 };
-use crate::trace_context::TraceOrigin;
+use crate::telemetry::propagation;
+use crate::trace_context::TRACEPARENT_HEADER;
 
 /// Header on dead-letter messages: the handler that gave up.
 pub const DLQ_HANDLER_HEADER: &str = "x-worker-handler";
@@ -95,12 +96,11 @@ fn retry(
         ORIGINAL_ROUTING_KEY_HEADER.into(),
         HeaderValue::string(envelope.routing_key.clone()),
     );
-    if envelope.trace.origin != TraceOrigin::Producer {
-        headers.insert(
-            TRACE_ID_HEADER.into(),
-            HeaderValue::string(envelope.trace.trace_id.clone()),
-        );
-    }
+    let traceparent = propagation::traceparent(&tracing::Span::current(), &envelope.trace.trace_id);
+    headers.insert(
+        WORKER_TRACEPARENT_HEADER.into(),
+        HeaderValue::string(traceparent),
+    );
     properties.expiration = Some(delay.as_millis().max(1).to_string());
     Disposition::Retry {
         message: OutboundMessage {
@@ -173,6 +173,10 @@ pub fn dead_letter(
         TRACE_ID_HEADER.into(),
         HeaderValue::string(envelope.trace.trace_id.clone()),
     );
+    let traceparent = propagation::traceparent(&tracing::Span::current(), &envelope.trace.trace_id);
+    properties
+        .headers
+        .insert(TRACEPARENT_HEADER.into(), HeaderValue::string(traceparent));
     let body = serde_json::to_vec(&record)
         .expect("a record of strings, numbers and JSON values always serializes");
     Disposition::DeadLetter {
