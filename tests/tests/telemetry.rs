@@ -14,7 +14,7 @@ use worker_tests::handlers::scripted;
 use worker_tests::{close_connections_named, eventually, http_get, text, TestEnv};
 
 /// The process-wide span exporter (tests in this file run in parallel; each filters by trace id).
-fn spans() -> &'static (InMemorySpanExporter, SdkTracerProvider) {
+fn spans_exporter() -> &'static (InMemorySpanExporter, SdkTracerProvider) {
     static EXPORTER: OnceLock<(InMemorySpanExporter, SdkTracerProvider)> = OnceLock::new();
     EXPORTER.get_or_init(|| {
         let exporter = InMemorySpanExporter::default();
@@ -30,7 +30,7 @@ fn spans() -> &'static (InMemorySpanExporter, SdkTracerProvider) {
 }
 
 fn process_spans(trace_id: &str) -> Vec<SpanData> {
-    let (exporter, _) = spans();
+    let (exporter, _) = spans_exporter();
     let mut found: Vec<SpanData> = exporter
         .get_finished_spans()
         .expect("spans")
@@ -51,7 +51,7 @@ fn attributes(span: &SpanData) -> HashMap<String, String> {
 }
 
 async fn start(env: &TestEnv) -> worker_rabbitmq::RunningWorker {
-    spans();
+    spans_exporter();
     worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
@@ -112,16 +112,37 @@ async fn every_attempt_is_a_consumer_span_in_the_producers_trace() {
         "b7ad6b7169203331",
         "the first attempt is a child of the producer's span"
     );
-    assert_eq!(
-        spans[1].parent_span_id,
-        spans[0].span_context.span_id(),
-        "attempt 2 continues from attempt 1"
-    );
-    assert_eq!(
-        spans[2].parent_span_id,
-        spans[1].span_context.span_id(),
-        "attempt 3 continues from attempt 2"
-    );
+    // Attempt k+1 is a child of the producer span that published attempt k's retry copy, which is
+    // a child of attempt k: one connected trace.
+    let (exporter, _) = spans_exporter();
+    let publishes: Vec<SpanData> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| {
+            s.span_context.trace_id().to_string() == trace_id && s.name.starts_with("publish ")
+        })
+        .collect();
+    assert_eq!(publishes.len(), 2, "one publish span per retry copy");
+    for k in 0..2 {
+        let publish = publishes
+            .iter()
+            .find(|p| p.parent_span_id == spans[k].span_context.span_id())
+            .expect("a publish span under the attempt");
+        assert_eq!(publish.span_kind, SpanKind::Producer);
+        assert_eq!(publish.name, "publish scripted.retry");
+        assert_eq!(
+            attributes(publish)["messaging.rabbitmq.destination.routing_key"],
+            format!("{queue}.retry.{}", k + 1)
+        );
+        assert_eq!(
+            spans[k + 1].parent_span_id,
+            publish.span_context.span_id(),
+            "attempt {} continues from attempt {}",
+            k + 2,
+            k + 1
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use lapin::acker::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use worker_core::Disposition;
+use tracing::Instrument;
+use worker_core::{Disposition, OutboundMessage};
+
+use crate::publisher::PublishError;
 
 use crate::publisher::Publisher;
 use crate::topology::QueueNames;
@@ -37,6 +40,7 @@ pub(crate) async fn settle(
             level,
             delay,
             failures,
+            span,
             ..
         } => {
             let queue = names.delay(*level);
@@ -46,9 +50,11 @@ pub(crate) async fn settle(
                 queue,
                 "publishing retry copy"
             );
-            publisher.publish("", &queue, message).await
+            publish_in(span, publisher, &queue, message).await
         }
-        Disposition::DeadLetter { message, .. } => publisher.publish("", &names.dlq, message).await,
+        Disposition::DeadLetter { message, span, .. } => {
+            publish_in(span, publisher, &names.dlq, message).await
+        }
         Disposition::GiveBack { reason } => {
             tracing::warn!(
                 reason,
@@ -71,6 +77,24 @@ pub(crate) async fn settle(
             give_back(acker).await
         }
     }
+}
+
+/// Publishes inside the disposition's producer span (whose context the message already carries).
+async fn publish_in(
+    span: &tracing::Span,
+    publisher: &Publisher,
+    queue: &str,
+    message: &OutboundMessage,
+) -> Result<(), PublishError> {
+    span.record("messaging.rabbitmq.destination.routing_key", queue);
+    let result = publisher
+        .publish("", queue, message)
+        .instrument(span.clone())
+        .await;
+    if result.is_err() {
+        span.record("otel.status_code", "error");
+    }
+    result
 }
 
 /// Nacks with requeue after a short pause. If the nack fails the channel is gone, and the broker

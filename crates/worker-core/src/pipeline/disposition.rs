@@ -15,7 +15,7 @@ pub struct OutboundMessage {
 }
 
 /// The pipeline's verdict on one delivery.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Disposition {
     /// The handler succeeded and its writes (with the dedup row) are committed: ack.
     Processed,
@@ -34,6 +34,8 @@ pub enum Disposition {
         failures: u32,
         /// The error of this attempt.
         error: String,
+        /// The producer span of the publish; the copy carries its context.
+        span: tracing::Span,
     },
     /// Poison, or attempts exhausted: publish `message` (the serialized `record`) to the handler's
     /// dead-letter queue, wait for the confirm, then ack.
@@ -42,6 +44,8 @@ pub enum Disposition {
         message: OutboundMessage,
         /// The record it carries.
         record: Box<DeadLetterRecord>,
+        /// The producer span of the publish; the message carries its context.
+        span: tracing::Span,
     },
     /// Not the message's fault (the database could not even begin a transaction): give the
     /// delivery back to the broker without acking and without spending an attempt.
@@ -52,6 +56,14 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// The producer span to enter while publishing, for retries and dead letters.
+    pub fn publish_span(&self) -> Option<&tracing::Span> {
+        match self {
+            Disposition::Retry { span, .. } | Disposition::DeadLetter { span, .. } => Some(span),
+            _ => None,
+        }
+    }
+
     /// For a dead letter, whether it was poison or ran out of attempts.
     pub fn error_kind(&self) -> Option<crate::ErrorKind> {
         match self {

@@ -96,7 +96,8 @@ fn retry(
         ORIGINAL_ROUTING_KEY_HEADER.into(),
         HeaderValue::string(envelope.routing_key.clone()),
     );
-    let traceparent = propagation::traceparent(&tracing::Span::current(), &envelope.trace.trace_id);
+    let span = publish_span(spec, "retry");
+    let traceparent = propagation::traceparent(&span, &envelope.trace.trace_id);
     headers.insert(
         WORKER_TRACEPARENT_HEADER.into(),
         HeaderValue::string(traceparent),
@@ -111,7 +112,24 @@ fn retry(
         delay,
         failures,
         error: error.to_owned(),
+        span,
     }
+}
+
+/// The producer span of a retry copy or dead letter, a child of the delivery's process span.
+fn publish_span(spec: &HandlerSpec, destination: &str) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        "otel.name" = %format_args!("publish {}.{destination}", spec.name),
+        "otel.kind" = "producer",
+        "otel.status_code" = tracing::field::Empty,
+        "messaging.system" = "rabbitmq",
+        "messaging.operation.name" = "publish",
+        "messaging.operation.type" = "send",
+        "messaging.destination.name" = "",
+        "messaging.rabbitmq.destination.routing_key" = tracing::field::Empty,
+        "worker.handler" = spec.name,
+    )
 }
 
 /// Builds the dead-letter record of §5 and the message that carries it.
@@ -173,7 +191,8 @@ pub fn dead_letter(
         TRACE_ID_HEADER.into(),
         HeaderValue::string(envelope.trace.trace_id.clone()),
     );
-    let traceparent = propagation::traceparent(&tracing::Span::current(), &envelope.trace.trace_id);
+    let span = publish_span(spec, "dlq");
+    let traceparent = propagation::traceparent(&span, &envelope.trace.trace_id);
     properties
         .headers
         .insert(TRACEPARENT_HEADER.into(), HeaderValue::string(traceparent));
@@ -182,5 +201,6 @@ pub fn dead_letter(
     Disposition::DeadLetter {
         message: OutboundMessage { body, properties },
         record: Box::new(record),
+        span,
     }
 }
