@@ -16,14 +16,18 @@
 //! }
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), worker_rabbitmq::WorkerError> {
+//! async fn main() -> std::process::ExitCode {
+//!     // `run` parses the command line: `run` (the default), `handlers`, `topology`, `dlq ...`
 //!     Worker::builder().handler(send_receipt).run().await
 //! }
 //! ```
 
+pub mod cli;
 mod connection;
 mod consumer;
 mod convert;
+pub mod demo;
+pub mod dlq;
 mod error;
 mod lag;
 mod publisher;

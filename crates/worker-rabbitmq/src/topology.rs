@@ -7,7 +7,11 @@
 //!   for its per-message TTL (the level's delay plus jitter) and is then dead-lettered by the broker
 //!   back to `h` through the default exchange. All copies in one level have a TTL in
 //!   `[delay, delay + jitter]`, so FIFO expiry holds a copy back by at most the jitter;
-//! - `h.dlq`: the dead-letter queue, durable, holding dead-letter records.
+//! - `h.dlq`: the dead-letter queue, classic and durable, holding dead-letter records. Classic
+//!   whatever the work queue type: a classic queue returns an unacked message to its original
+//!   position and keeps no delivery counter, so the `dlq` commands can read it without reordering
+//!   entries or pushing them over a delivery limit (a quorum queue counts every read in
+//!   `x-delivery-count`; see `docs/decisions.md`).
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -108,10 +112,10 @@ pub async fn declare_handler(
             names.work, config.exchange, spec.event_type
         )))?;
     channel
-        .queue_declare(&names.dlq, durable, queue_type_args(config.queue_type))
+        .queue_declare(&names.dlq, durable, queue_type_args(QueueType::Classic))
         .await
         .map_err(WorkerError::broker(format!(
-            "declare dead-letter queue `{}`",
+            "declare dead-letter queue `{}` (classic; if it exists as a quorum queue from an older version, move its records elsewhere and delete it)",
             names.dlq
         )))?;
     for level in 1..=spec.retry.level_count() {

@@ -40,6 +40,7 @@ impl Worker {
             config: None,
             migrator: None,
             observers: Vec::new(),
+            demo: None,
         }
     }
 }
@@ -50,6 +51,7 @@ pub struct WorkerBuilder {
     config: Option<WorkerConfig>,
     migrator: Option<Migrator>,
     observers: Vec<Arc<dyn Observer>>,
+    demo: Option<crate::demo::DemoHook>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -92,7 +94,7 @@ impl WorkerBuilder {
     ///
     /// Installs the log and trace pipeline first (see
     /// [`worker_core::telemetry::logging`]) unless the application installed a subscriber.
-    pub async fn run(mut self) -> Result<(), WorkerError> {
+    pub async fn serve(mut self) -> Result<(), WorkerError> {
         let config = match self.config.take() {
             Some(config) => config,
             None => WorkerConfig::from_env()?,
@@ -388,5 +390,59 @@ impl RunningWorker {
     /// immediately (as a second SIGINT does).
     pub fn abandon_token(&self) -> CancellationToken {
         self.stop.abandon.clone()
+    }
+}
+
+/// The command line (see [`crate::cli`]).
+impl WorkerBuilder {
+    /// Registers the application's demo burst, published by the `demo` subcommand and by
+    /// `run --demo` (see [`crate::demo`]).
+    pub fn demo<F>(mut self, demo: F) -> Self
+    where
+        F: Fn(
+                crate::demo::DemoPublisher,
+            )
+                -> worker_core::handler::BoxFuture<'static, Result<String, crate::demo::DemoError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.demo = Some(Arc::new(demo));
+        self
+    }
+
+    /// The worker binary's `main`: parses the command line and runs the subcommand — `run`
+    /// (the default: [`serve`](Self::serve)), `handlers`, `topology`, `dlq ...` or `demo`
+    /// (`--help` lists them). Returns the process exit code.
+    ///
+    /// ```no_run
+    /// # fn worker() -> worker_rabbitmq::WorkerBuilder { unimplemented!() }
+    /// #[tokio::main]
+    /// async fn main() -> std::process::ExitCode {
+    ///     worker().run().await
+    /// }
+    /// ```
+    pub async fn run(self) -> std::process::ExitCode {
+        crate::cli::main_process(self).await
+    }
+
+    /// Runs the subcommand given by `args` (the first is the program name, as in
+    /// `std::env::args`) and returns what it printed and its exit code instead of printing.
+    pub async fn run_with_args<I, T>(self, args: I) -> crate::cli::CliOutput
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        crate::cli::main(self, args, crate::cli::Console::capture()).await
+    }
+
+    pub(crate) fn cli_parts(
+        &self,
+    ) -> (
+        &Registry,
+        Option<&WorkerConfig>,
+        Option<&crate::demo::DemoHook>,
+    ) {
+        (&self.registry, self.config.as_ref(), self.demo.as_ref())
     }
 }

@@ -25,7 +25,7 @@ pub async fn charge_on_order_placed(
     ctx: &Context,
 ) -> Result<(), HandlerError> {
     validate(&event)?;
-    payment::charge(&event.user_id, event.amount, ctx.event_id()).await?;
+    payment::charge(&event.user_id, event.amount, ctx.event_id(), ctx.attempt()).await?;
     sqlx::query(
         "INSERT INTO charges (event_id, order_id, user_id, amount) VALUES ($1, $2, $3, $4)",
     )

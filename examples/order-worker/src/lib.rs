@@ -2,17 +2,19 @@
 //! exactly once, `send-receipt` e-mails a receipt (at least once), and a bad order is
 //! dead-lettered with a reason.
 
+pub mod demo;
 pub mod events;
 pub mod handlers;
 pub mod payment;
 
 use worker_rabbitmq::{Worker, WorkerBuilder};
 
-/// The order worker's handlers and migrations, ready to `run()` (or to configure further in
+/// The order worker's handlers and migrations, ready to `run()` (the command line: `run`, `dlq ...`, `demo`, ...) (or to configure further in
 /// tests).
 pub fn worker() -> WorkerBuilder {
     Worker::builder()
         .handler(handlers::charge_on_order_placed)
         .handler(handlers::send_receipt)
         .migrations(sqlx::migrate!())
+        .demo(|events| Box::pin(demo::burst(events)))
 }

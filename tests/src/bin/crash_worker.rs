@@ -28,6 +28,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         builder
     };
-    builder.run().await?;
+    builder.serve().await?;
     Ok(())
 }

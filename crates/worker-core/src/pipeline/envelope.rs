@@ -63,8 +63,12 @@ impl Envelope {
                 .map(str::to_owned)
         };
         let retry_copy = attempts::is_retry_copy(headers);
+        // A retry copy or a replay arrives through the default exchange, addressed to the work
+        // queue; the producer's routing travels in headers. A producer that follows the contract
+        // publishes to the events exchange, so these headers are never read from its messages.
+        let via_worker = retry_copy || message.exchange.is_empty();
         let (exchange, routing_key) = match (
-            retry_copy,
+            via_worker,
             text(ORIGINAL_EXCHANGE_HEADER),
             text(ORIGINAL_ROUTING_KEY_HEADER),
         ) {
@@ -167,6 +171,31 @@ mod tests {
             ("events", "OrderPlaced", 3)
         );
         assert!(e.original_headers.is_empty());
+    }
+
+    #[test]
+    fn replays_keep_the_producer_routing_without_an_attempt_count() {
+        let mut m = message();
+        m.exchange = String::new();
+        m.routing_key = "charge".into();
+        let h = &mut m.properties.headers;
+        h.insert(
+            ORIGINAL_EXCHANGE_HEADER.into(),
+            HeaderValue::string("events"),
+        );
+        h.insert(
+            ORIGINAL_ROUTING_KEY_HEADER.into(),
+            HeaderValue::string("OrderPlaced"),
+        );
+        let e = Envelope::open(&m, 5);
+        assert_eq!(
+            (
+                e.event_type.as_str(),
+                e.routing_key.as_str(),
+                e.retry.attempt()
+            ),
+            ("OrderPlaced", "OrderPlaced", 1)
+        );
     }
 
     #[test]

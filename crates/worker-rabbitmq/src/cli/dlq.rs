@@ -1,0 +1,664 @@
+//! `dlq list | show | stats | replay | purge`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::Connection;
+use serde_json::json;
+use worker_core::dead_letter::record::format_time;
+use worker_core::{DeadLetterRecord, ErrorKind};
+
+use super::args::{DlqCommand, FilterArgs, ListArgs, PurgeArgs, ReplayArgs, ShowArgs, StatsArgs};
+use super::format::{ago, Colour, Console};
+use super::inspect::{declare, open};
+use super::{CliError, Setup};
+use crate::dlq::{fingerprint::mask, replay_message, DlqError, Entry, Filter, HeldQueue};
+use crate::publisher::Publisher;
+use crate::topology::QueueNames;
+
+pub(super) async fn run(
+    setup: &Setup,
+    command: DlqCommand,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let connection = Arc::new(open(setup).await?);
+    let result = match command {
+        DlqCommand::List(args) => list(setup, &connection, args, console).await,
+        DlqCommand::Show(args) => show(setup, &connection, args, console).await,
+        DlqCommand::Stats(args) => stats(setup, &connection, args, console).await,
+        DlqCommand::Replay(args) => replay(setup, &connection, args, console).await,
+        DlqCommand::Purge(args) => purge(setup, &connection, args, console).await,
+    };
+    // Closing the connection gives back anything still held, whatever happened above.
+    let _ = connection.close(200, "dlq command done").await;
+    result
+}
+
+/// One handler's dead-letter queue, held.
+struct Held {
+    handler: &'static str,
+    names: QueueNames,
+    queue: HeldQueue,
+}
+
+async fn hold(
+    setup: &Setup,
+    connection: &Connection,
+    filter: &Filter,
+) -> Result<Vec<Held>, CliError> {
+    for wanted in &filter.handlers {
+        if !setup.specs.iter().any(|s| s.name == wanted) {
+            let known: Vec<_> = setup.specs.iter().map(|s| s.name).collect();
+            return Err(CliError::Usage(format!(
+                "unknown handler `{wanted}`; this worker has: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    let mut held = Vec::new();
+    for spec in &setup.specs {
+        if !filter.handlers.is_empty() && !filter.handlers.iter().any(|h| h == spec.name) {
+            continue;
+        }
+        let names = QueueNames::new(&setup.config, spec.name);
+        let queue = HeldQueue::hold(connection, &names.dlq).await?;
+        held.push(Held {
+            handler: spec.name,
+            names,
+            queue,
+        });
+    }
+    Ok(held)
+}
+
+async fn release(held: Vec<Held>) {
+    for h in held {
+        h.queue.release().await;
+    }
+}
+
+fn selected<'a>(held: &'a [Held], filter: &Filter) -> Vec<(&'a Held, &'a Entry)> {
+    held.iter()
+        .flat_map(|h| h.queue.entries.iter().map(move |e| (h, e)))
+        .filter(|(h, e)| filter.matches(h.handler, e))
+        .collect()
+}
+
+fn record_json(entry: &Entry) -> Option<String> {
+    entry
+        .record
+        .as_ref()
+        .ok()
+        .and_then(|r| serde_json::to_string(r).ok())
+}
+
+fn unreadable(console: &mut Console, entry: &Entry) {
+    if let Err(reason) = &entry.record {
+        console.warn(format!(
+            "warning: entry {} of `{}` (event id {:?}) is not a dead-letter record: {reason}",
+            entry.position,
+            entry.queue,
+            entry.event_id()
+        ));
+    }
+}
+
+fn kind_cell(kind: ErrorKind) -> (String, Colour) {
+    let colour = match kind {
+        ErrorKind::Poison => Colour::Red,
+        ErrorKind::Retryable => Colour::Yellow,
+    };
+    (kind.to_string(), colour)
+}
+
+async fn list(
+    setup: &Setup,
+    connection: &Connection,
+    args: ListArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let filter = args.filters.filter(&[]);
+    let held = hold(setup, connection, &filter).await?;
+    let total: usize = held.iter().map(|h| h.queue.entries.len()).sum();
+    let mut chosen = selected(&held, &filter);
+    let matched = chosen.len();
+    chosen.truncate(args.limit.unwrap_or(usize::MAX));
+    let now = Utc::now();
+    if args.json {
+        for (_, entry) in &chosen {
+            match record_json(entry) {
+                Some(line) => console.line(line),
+                None => unreadable(console, entry),
+            }
+        }
+    } else if chosen.is_empty() {
+        console.line(format!(
+            "no dead letters match ({total} in {} queue(s))",
+            held.len()
+        ));
+    } else {
+        let mut rows = Vec::new();
+        for (held, entry) in &chosen {
+            match &entry.record {
+                Ok(record) => {
+                    let meta = &record.failure_metadata;
+                    rows.push(vec![
+                        (held.handler.to_string(), Colour::Plain),
+                        (entry.event_id().unwrap_or_else(|| "-".into()), Colour::Bold),
+                        (record.original_message.kind.clone(), Colour::Plain),
+                        kind_cell(meta.error_kind),
+                        (meta.attempts.to_string(), Colour::Plain),
+                        (ago(meta.first_failed_at, now), Colour::Plain),
+                        (ago(meta.last_failed_at, now), Colour::Plain),
+                        (meta.trace_id.clone(), Colour::Dim),
+                        (meta.last_error.clone(), Colour::Plain),
+                    ]);
+                }
+                Err(reason) => rows.push(vec![
+                    (held.handler.to_string(), Colour::Plain),
+                    (entry.event_id().unwrap_or_else(|| "-".into()), Colour::Bold),
+                    ("?".into(), Colour::Plain),
+                    ("unreadable".into(), Colour::Red),
+                    ("-".into(), Colour::Plain),
+                    ("-".into(), Colour::Plain),
+                    ("-".into(), Colour::Plain),
+                    ("-".into(), Colour::Plain),
+                    (format!("not a dead-letter record: {reason}"), Colour::Plain),
+                ]),
+            }
+        }
+        console.table(
+            &[
+                "HANDLER",
+                "EVENT ID",
+                "TYPE",
+                "KIND",
+                "ATTEMPTS",
+                "FIRST FAILED",
+                "LAST FAILED",
+                "TRACE ID",
+                "LAST ERROR",
+            ],
+            &rows,
+        );
+        console.line(format!(
+            "{} shown, {matched} matching, {total} in {} dead-letter queue(s); `dlq show <event id>` for details",
+            chosen.len(),
+            held.len()
+        ));
+    }
+    release(held).await;
+    Ok(0)
+}
+
+async fn show(
+    setup: &Setup,
+    connection: &Connection,
+    args: ShowArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let filter = Filter {
+        handlers: args.handlers.clone(),
+        event_ids: vec![args.event_id.clone()],
+        ..Default::default()
+    };
+    let held = hold(setup, connection, &filter).await?;
+    let chosen = selected(&held, &filter);
+    let now = Utc::now();
+    let mut first = true;
+    for (held, entry) in &chosen {
+        if args.json {
+            match record_json(entry) {
+                Some(line) => console.line(line),
+                None => unreadable(console, entry),
+            }
+            continue;
+        }
+        if !first {
+            console.line("");
+        }
+        first = false;
+        let title = format!(
+            "{} — entry {} of {} in {}",
+            args.event_id,
+            entry.position + 1,
+            held.queue.entries.len(),
+            held.names.dlq
+        );
+        console.line(console.paint(Colour::Bold, &title));
+        match &entry.record {
+            Ok(record) => show_record(console, record, now),
+            Err(reason) => {
+                console.line(format!("  not a dead-letter record: {reason}"));
+                console.line(format!("  body: {}", String::from_utf8_lossy(&entry.body)));
+            }
+        }
+    }
+    let found = !chosen.is_empty();
+    drop(chosen);
+    release(held).await;
+    if !found {
+        return Err(CliError::NothingMatched(format!(
+            "event id `{}` (try `dlq list` to see what is there)",
+            args.event_id
+        )));
+    }
+    Ok(0)
+}
+
+fn time(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    format!("{} ({})", format_time(t), ago(t, now))
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn show_record(console: &mut Console, record: &DeadLetterRecord, now: DateTime<Utc>) {
+    let meta = &record.failure_metadata;
+    let original = &record.original_message;
+    let kind = kind_cell(meta.error_kind);
+    let fields = [
+        ("handler", meta.handler.clone()),
+        ("event type", original.kind.clone()),
+        ("error kind", console.paint(kind.1, &kind.0)),
+        ("attempts", meta.attempts.to_string()),
+        ("first failed", time(meta.first_failed_at, now)),
+        ("last failed", time(meta.last_failed_at, now)),
+        ("trace id", meta.trace_id.clone()),
+        ("consumer", meta.consumer.clone()),
+        (
+            "published to",
+            format!(
+                "exchange `{}`, routing key `{}`",
+                original.exchange, original.routing_key
+            ),
+        ),
+        ("fingerprint", crate::dlq::fingerprint(record)),
+    ];
+    for (name, value) in fields {
+        console.line(format!("  {name:<13}{value}"));
+    }
+    console.line("  last error:");
+    for line in meta.last_error.lines() {
+        console.line(format!("    {line}"));
+    }
+    let sections = [
+        ("payload", original.payload.clone()),
+        ("headers", original.headers.clone()),
+        (
+            "properties",
+            serde_json::to_value(&original.properties).unwrap_or_default(),
+        ),
+    ];
+    for (name, value) in sections {
+        console.line(format!("  {name}:"));
+        for line in pretty(&value).lines() {
+            console.line(format!("    {line}"));
+        }
+    }
+    if original.body_encoding == worker_core::dead_letter::record::BodyEncoding::Base64 {
+        console.line(format!("  body (base64, not UTF-8): {}", original.body));
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    count: usize,
+    kind: Option<ErrorKind>,
+    message: String,
+    oldest: Option<DateTime<Utc>>,
+    newest: Option<DateTime<Utc>>,
+    example: Option<String>,
+}
+
+impl Group {
+    fn add(&mut self, record: &DeadLetterRecord) {
+        let meta = &record.failure_metadata;
+        self.count += 1;
+        self.kind = Some(meta.error_kind);
+        self.oldest = Some(
+            self.oldest
+                .map_or(meta.first_failed_at, |t| t.min(meta.first_failed_at)),
+        );
+        self.newest = Some(
+            self.newest
+                .map_or(meta.last_failed_at, |t| t.max(meta.last_failed_at)),
+        );
+        if self.example.is_none() {
+            self.example = record.original_message.id.clone();
+        }
+    }
+}
+
+async fn stats(
+    setup: &Setup,
+    connection: &Connection,
+    args: StatsArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let filter = args.filters.filter(&[]);
+    let held = hold(setup, connection, &filter).await?;
+    let chosen = selected(&held, &filter);
+    let mut handlers: BTreeMap<&str, (usize, usize, usize)> =
+        held.iter().map(|h| (h.handler, (0, 0, 0))).collect();
+    let mut groups: BTreeMap<(&str, String), Group> = BTreeMap::new();
+    for (held, entry) in &chosen {
+        let counts = handlers.entry(held.handler).or_default();
+        counts.0 += 1;
+        match &entry.record {
+            Ok(record) => {
+                match record.failure_metadata.error_kind {
+                    ErrorKind::Poison => counts.1 += 1,
+                    ErrorKind::Retryable => counts.2 += 1,
+                }
+                let fingerprint = crate::dlq::fingerprint(record);
+                let group = groups
+                    .entry((held.handler, fingerprint))
+                    .or_insert_with(|| Group {
+                        message: mask(&record.failure_metadata.last_error),
+                        ..Default::default()
+                    });
+                group.add(record);
+            }
+            Err(_) => {
+                let group = groups
+                    .entry((held.handler, "unreadable".into()))
+                    .or_insert_with(|| Group {
+                        message: "not a dead-letter record".into(),
+                        ..Default::default()
+                    });
+                group.count += 1;
+            }
+        }
+    }
+    release(held).await;
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
+    let when = |t: Option<DateTime<Utc>>| t.map(format_time);
+    if args.json {
+        let handlers: Vec<_> = handlers
+            .iter()
+            .map(|(h, c)| json!({"handler": h, "count": c.0, "poison": c.1, "retryable": c.2}))
+            .collect();
+        let groups: Vec<_> = groups
+            .iter()
+            .map(|((handler, fingerprint), g)| {
+                json!({"handler": handler, "fingerprint": fingerprint,
+                       "errorKind": g.kind.map(|k| k.as_str()), "count": g.count,
+                       "oldest": when(g.oldest), "newest": when(g.newest), "exampleEventId": g.example})
+            })
+            .collect();
+        console.line(json!({"handlers": handlers, "groups": groups}).to_string());
+        return Ok(0);
+    }
+    let now = Utc::now();
+    let rows: Vec<_> = handlers
+        .iter()
+        .map(|(h, c)| {
+            vec![
+                (h.to_string(), Colour::Plain),
+                (c.0.to_string(), Colour::Bold),
+                (c.1.to_string(), Colour::Red),
+                (c.2.to_string(), Colour::Yellow),
+            ]
+        })
+        .collect();
+    console.table(&["HANDLER", "DEAD LETTERS", "POISON", "RETRYABLE"], &rows);
+    if groups.is_empty() {
+        return Ok(0);
+    }
+    console.line("");
+    let rel = |t: Option<DateTime<Utc>>| t.map_or("-".into(), |t| ago(t, now));
+    let rows: Vec<_> = groups
+        .iter()
+        .map(|((handler, _), g)| {
+            vec![
+                (g.count.to_string(), Colour::Bold),
+                (handler.to_string(), Colour::Plain),
+                g.kind.map(kind_cell).unwrap_or(("?".into(), Colour::Plain)),
+                (rel(g.oldest), Colour::Plain),
+                (rel(g.newest), Colour::Plain),
+                (g.example.clone().unwrap_or_else(|| "-".into()), Colour::Dim),
+                (g.message.clone(), Colour::Plain),
+            ]
+        })
+        .collect();
+    console.table(
+        &[
+            "COUNT",
+            "HANDLER",
+            "KIND",
+            "OLDEST",
+            "NEWEST",
+            "E.G. EVENT",
+            "FINGERPRINT (numbers → N, ids → <id>)",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+fn selection(
+    ids: &[String],
+    all: bool,
+    filters: &FilterArgs,
+    verb: &str,
+) -> Result<Filter, CliError> {
+    let filter = filters.filter(ids);
+    if !all && filter.is_empty() {
+        return Err(CliError::Usage(format!(
+            "say which dead letters to {verb}: event ids, --all, or filters such as --trace-id or --handler (see `dlq {verb} --help`)"
+        )));
+    }
+    Ok(filter)
+}
+
+fn describe(filter: &Filter) -> String {
+    let mut parts = Vec::new();
+    if !filter.event_ids.is_empty() {
+        parts.push(format!("event id {}", filter.event_ids.join(", ")));
+    }
+    if !filter.handlers.is_empty() {
+        parts.push(format!("handler {}", filter.handlers.join(", ")));
+    }
+    if let Some(t) = &filter.trace_id {
+        parts.push(format!("trace id {t}…"));
+    }
+    if let Some(t) = &filter.event_type {
+        parts.push(format!("event type {t}"));
+    }
+    if let Some(k) = filter.error_kind {
+        parts.push(format!("error kind {k}"));
+    }
+    if let Some(s) = filter.since {
+        parts.push(format!("failed since {}", format_time(s)));
+    }
+    if parts.is_empty() {
+        "(the dead-letter queues are empty)".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn action_line(
+    console: &mut Console,
+    json: bool,
+    action: &str,
+    held: &Held,
+    entry: &Entry,
+    to: Option<&str>,
+) {
+    let trace = entry
+        .record
+        .as_ref()
+        .map(|r| r.failure_metadata.trace_id.clone())
+        .unwrap_or_default();
+    let id = entry.event_id().unwrap_or_else(|| "-".into());
+    if json {
+        console.line(
+            json!({"action": action, "eventId": entry.event_id(), "handler": held.handler,
+                   "from": held.names.dlq, "to": to, "traceId": trace})
+            .to_string(),
+        );
+    } else {
+        let target = to.map(|t| format!(" → {t}")).unwrap_or_default();
+        console.line(format!(
+            "{action:<14}{id}  {}{target}  trace {trace}",
+            held.names.dlq
+        ));
+    }
+}
+
+async fn replay(
+    setup: &Setup,
+    connection: &Arc<Connection>,
+    args: ReplayArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let filter = selection(&args.event_ids, args.all, &args.filters, "replay")?;
+    if !args.dry_run {
+        // The work queues must exist, or the mandatory publish would come back unroutable.
+        declare(connection, setup).await?;
+    }
+    let held = hold(setup, connection, &filter).await?;
+    let chosen = selected(&held, &filter);
+    if chosen.is_empty() {
+        release(held).await;
+        return Err(CliError::NothingMatched(describe(&filter)));
+    }
+    let publisher = Publisher::new(Arc::clone(connection));
+    let pause = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let (mut replayed, mut skipped) = (0usize, 0usize);
+    let mut failure = None;
+    for (i, (held, entry)) in chosen.iter().enumerate() {
+        let record = match &entry.record {
+            Ok(record) => record,
+            Err(_) => {
+                unreadable(console, entry);
+                skipped += 1;
+                continue;
+            }
+        };
+        if args.dry_run {
+            action_line(
+                console,
+                args.json,
+                "would replay",
+                held,
+                entry,
+                Some(&held.names.work),
+            );
+            continue;
+        }
+        if let (Some(pause), true) = (pause, i > 0) {
+            tokio::time::sleep(pause).await;
+        }
+        let message = match replay_message(record) {
+            Ok(message) => message,
+            Err(source) => {
+                console.warn(format!(
+                    "error: {}",
+                    DlqError::CorruptBody {
+                        queue: held.names.dlq.clone(),
+                        event_id: entry.event_id(),
+                        source
+                    }
+                ));
+                skipped += 1;
+                continue;
+            }
+        };
+        // Confirmed first, removed second: a crash in between leaves the entry in the DLQ
+        // as well (replaying it again is harmless: dedup).
+        if let Err(source) = publisher.publish("", &held.names.work, &message).await {
+            failure = Some(DlqError::Publish {
+                queue: held.names.work.clone(),
+                event_id: entry.event_id(),
+                source,
+            });
+            break;
+        }
+        if let Err(error) = held.queue.remove(entry).await {
+            failure = Some(error);
+            break;
+        }
+        replayed += 1;
+        action_line(
+            console,
+            args.json,
+            "replayed",
+            held,
+            entry,
+            Some(&held.names.work),
+        );
+    }
+    let matched = chosen.len();
+    drop(chosen);
+    release(held).await;
+    if !args.json {
+        if args.dry_run {
+            console.line(format!(
+                "dry run: {} would be replayed; nothing changed",
+                matched - skipped
+            ));
+        } else {
+            console.line(format!(
+                "replayed {replayed} of {} matching dead letter(s){}; each runs again from attempt 1 (dedup skips any that had in fact been processed)",
+                matched,
+                if skipped > 0 { format!(", skipped {skipped}") } else { String::new() }
+            ));
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
+    Ok(if skipped > 0 { super::exit::FAILED } else { 0 })
+}
+
+async fn purge(
+    setup: &Setup,
+    connection: &Connection,
+    args: PurgeArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let filter = selection(&args.event_ids, args.all, &args.filters, "purge")?;
+    let held = hold(setup, connection, &filter).await?;
+    let chosen = selected(&held, &filter);
+    if chosen.is_empty() {
+        release(held).await;
+        return Err(CliError::NothingMatched(describe(&filter)));
+    }
+    let mut removed = 0usize;
+    let mut failure = None;
+    for (held, entry) in &chosen {
+        if !args.yes {
+            action_line(console, args.json, "would remove", held, entry, None);
+            continue;
+        }
+        if let Err(error) = held.queue.remove(entry).await {
+            failure = Some(error);
+            break;
+        }
+        removed += 1;
+        action_line(console, args.json, "removed", held, entry, None);
+    }
+    let matched = chosen.len();
+    drop(chosen);
+    release(held).await;
+    if !args.json {
+        if args.yes {
+            console.line(format!("removed {removed} dead letter(s) for good"));
+        } else {
+            console.line(format!(
+                "{matched} dead letter(s) would be removed; nothing changed. Add --yes to remove them."
+            ));
+        }
+    }
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(0),
+    }
+}

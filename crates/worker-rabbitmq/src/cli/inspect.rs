@@ -1,0 +1,308 @@
+//! `run`, `handlers`, `topology` and `demo`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::Connection;
+use serde_json::json;
+use worker_core::config::QueueType;
+
+use super::args::TopologyArgs;
+use super::format::{duration, Colour, Console};
+use super::{CliError, Setup};
+use crate::connection::connect;
+use crate::demo::DemoPublisher;
+use crate::error::WorkerError;
+use crate::publisher::Publisher;
+use crate::topology::{self, QueueNames};
+use crate::WorkerBuilder;
+
+/// `run [--demo]`: serve; with `--demo`, publish the demo once every handler consumes.
+pub(super) async fn run(
+    builder: WorkerBuilder,
+    setup: Setup,
+    demo: bool,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    if !demo {
+        builder.serve().await?;
+        return Ok(0);
+    }
+    if setup.demo.is_none() {
+        return Err(no_demo());
+    }
+    let colour = console.colour;
+    let demo_task = tokio::spawn(async move {
+        let mut console = Console::terminal();
+        console.colour = colour;
+        let result = async {
+            let connection = Arc::new(open(&setup).await?);
+            // Declared first (idempotent), so waiting never asks about a missing queue.
+            declare(&connection, &setup).await?;
+            wait_until_consuming(&connection, &setup).await;
+            let result = publish_demo(&setup, &connection, false, &mut console).await;
+            let _ = connection.close(200, "demo published").await;
+            result
+        }
+        .await;
+        if let Err(error) = result {
+            console.warn(format!("error: {error}"));
+        }
+    });
+    let result = builder.serve().await;
+    demo_task.abort();
+    result?;
+    Ok(0)
+}
+
+async fn wait_until_consuming(connection: &Connection, setup: &Setup) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    loop {
+        let mut ready = true;
+        for spec in &setup.specs {
+            let queue = setup.config.queue_name(spec.name);
+            let consumers = match connection.create_channel().await {
+                Ok(channel) => {
+                    let count = channel
+                        .queue_declare(&queue, passive, FieldTable::default())
+                        .await
+                        .map(|q| q.consumer_count())
+                        .unwrap_or(0);
+                    let _ = channel.close(200, "").await;
+                    count
+                }
+                Err(_) => 0,
+            };
+            ready &= consumers > 0;
+        }
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(super) async fn open(setup: &Setup) -> Result<Connection, WorkerError> {
+    connect(
+        &setup.config.amqp_url,
+        &format!("{}-cli", setup.config.consumer),
+    )
+    .await
+}
+
+fn no_demo() -> CliError {
+    CliError::Usage(
+        "this worker registers no demo (the application adds one with `WorkerBuilder::demo`)"
+            .into(),
+    )
+}
+
+/// `handlers`.
+pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Result<u8, CliError> {
+    if json {
+        let list: Vec<_> = setup
+            .specs
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "eventType": s.event_type,
+                    "queue": setup.config.queue_name(s.name),
+                    "deadLetterQueue": QueueNames::new(&setup.config, s.name).dlq,
+                    "dedup": s.dedup,
+                    "retry": {
+                        "attempts": s.retry.max_attempts,
+                        "baseMs": s.retry.base.as_millis() as u64,
+                        "capMs": s.retry.cap.as_millis() as u64,
+                        "jitterMs": s.retry.jitter.as_millis() as u64,
+                    },
+                    "concurrency": s.concurrency,
+                })
+            })
+            .collect();
+        console.line(serde_json::Value::Array(list).to_string());
+        return Ok(0);
+    }
+    let rows: Vec<_> = setup
+        .specs
+        .iter()
+        .map(|s| {
+            vec![
+                (s.name.to_string(), Colour::Plain),
+                (s.event_type.to_string(), Colour::Plain),
+                (setup.config.queue_name(s.name), Colour::Plain),
+                ((if s.dedup { "yes" } else { "no" }).into(), Colour::Plain),
+                (s.retry.max_attempts.to_string(), Colour::Plain),
+                (duration(s.retry.base), Colour::Plain),
+                (duration(s.retry.cap), Colour::Plain),
+                (duration(s.retry.jitter), Colour::Plain),
+                (s.concurrency.to_string(), Colour::Plain),
+            ]
+        })
+        .collect();
+    console.table(
+        &[
+            "HANDLER",
+            "EVENT",
+            "QUEUE",
+            "DEDUP",
+            "ATTEMPTS",
+            "BASE",
+            "CAP",
+            "JITTER",
+            "CONCURRENCY",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+/// `topology [--declare]`.
+pub(super) async fn topology(
+    setup: &Setup,
+    args: TopologyArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let config = &setup.config;
+    let work_type = match config.queue_type {
+        QueueType::Quorum => "quorum",
+        QueueType::Classic => "classic",
+    };
+    let mut rows = Vec::new();
+    let mut json_queues = Vec::new();
+    for spec in &setup.specs {
+        let names = QueueNames::new(config, spec.name);
+        rows.push(vec![
+            (names.work.clone(), Colour::Plain),
+            (work_type.to_string(), Colour::Plain),
+            (
+                format!("{} ← {} ({})", spec.name, config.exchange, spec.event_type),
+                Colour::Plain,
+            ),
+        ]);
+        json_queues.push(json!({"name": names.work, "type": work_type, "handler": spec.name,
+            "role": "work", "boundTo": {"exchange": config.exchange, "routingKey": spec.event_type}}));
+        for level in 1..=spec.retry.level_count() {
+            let delay = spec.retry.base_delay(level);
+            rows.push(vec![
+                (names.delay(level), Colour::Dim),
+                ("classic".into(), Colour::Dim),
+                (
+                    format!(
+                        "delay {} + jitter ≤ {}, then back to {}",
+                        duration(delay),
+                        duration(spec.retry.jitter),
+                        names.work
+                    ),
+                    Colour::Dim,
+                ),
+            ]);
+            json_queues.push(
+                json!({"name": names.delay(level), "type": "classic", "handler": spec.name,
+                "role": "delay", "level": level, "delayMs": delay.as_millis() as u64,
+                "deadLettersTo": names.work}),
+            );
+        }
+        rows.push(vec![
+            (names.dlq.clone(), Colour::Plain),
+            ("classic".into(), Colour::Plain),
+            ("dead letters".into(), Colour::Plain),
+        ]);
+        json_queues.push(
+            json!({"name": names.dlq, "type": "classic", "handler": spec.name, "role": "dead-letter"}),
+        );
+    }
+    if args.declare {
+        let connection = open(setup).await?;
+        let result = declare(&connection, setup).await;
+        let _ = connection.close(200, "topology declared").await;
+        result?;
+    }
+    if args.json {
+        console.line(
+            json!({"exchange": {"name": config.exchange, "type": "topic", "durable": true},
+                   "queues": json_queues, "declared": args.declare})
+            .to_string(),
+        );
+        return Ok(0);
+    }
+    console.line(format!("exchange {} (topic, durable)", config.exchange));
+    console.table(&["QUEUE", "TYPE", "WHAT"], &rows);
+    if args.declare {
+        console.line(console.paint(Colour::Green, "declared (idempotent; nothing consumed)"));
+    }
+    Ok(0)
+}
+
+pub(super) async fn declare(connection: &Connection, setup: &Setup) -> Result<(), WorkerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(WorkerError::broker("open a channel"))?;
+    topology::declare_exchange(&channel, &setup.config).await?;
+    for spec in &setup.specs {
+        topology::declare_handler(&channel, &setup.config, spec).await?;
+    }
+    let _ = channel.close(200, "declared").await;
+    Ok(())
+}
+
+/// `demo`.
+pub(super) async fn demo(setup: &Setup, json: bool, console: &mut Console) -> Result<u8, CliError> {
+    if setup.demo.is_none() {
+        return Err(no_demo());
+    }
+    let connection = Arc::new(open(setup).await?);
+    let result = publish_demo(setup, &connection, json, console).await;
+    let _ = connection.close(200, "demo published").await;
+    result.map(|()| 0)
+}
+
+async fn publish_demo(
+    setup: &Setup,
+    connection: &Arc<Connection>,
+    json: bool,
+    console: &mut Console,
+) -> Result<(), CliError> {
+    let hook = setup.demo.clone().ok_or_else(no_demo)?;
+    declare(connection, setup).await?;
+    let publisher = Arc::new(Publisher::new(Arc::clone(connection)));
+    let events = DemoPublisher::new(publisher, setup.config.exchange.clone());
+    let advice: String = hook(events.clone()).await.map_err(CliError::from)?;
+    let published = events.published();
+    if json {
+        for p in &published {
+            console.line(serde_json::to_string(p).unwrap_or_default());
+        }
+        return Ok(());
+    }
+    console.line(console.paint(
+        Colour::Bold,
+        &format!(
+            "demo: published {} events to `{}`",
+            published.len(),
+            setup.config.exchange
+        ),
+    ));
+    let rows: Vec<_> = published
+        .iter()
+        .map(|p| {
+            vec![
+                (p.event_id.clone(), Colour::Plain),
+                (p.event_type.clone(), Colour::Plain),
+                (p.trace_id.clone(), Colour::Dim),
+                (p.expect.clone(), Colour::Plain),
+            ]
+        })
+        .collect();
+    console.table(&["EVENT ID", "TYPE", "TRACE ID", "EXPECT"], &rows);
+    for line in advice.lines() {
+        console.line(line);
+    }
+    Ok(())
+}

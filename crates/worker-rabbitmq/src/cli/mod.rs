@@ -1,0 +1,177 @@
+//! The worker binary's command line: `run` (the default), `handlers`, `topology`, `dlq ...`,
+//! `demo`. Generated from the registered handlers; the application's `main` only calls
+//! [`WorkerBuilder::run`](crate::WorkerBuilder::run).
+
+mod args;
+mod dlq;
+mod format;
+mod inspect;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+use worker_core::config::ConfigError;
+use worker_core::{HandlerSpec, WorkerConfig};
+
+use crate::demo::{DemoError, DemoHook};
+use crate::dlq::DlqError;
+use crate::error::WorkerError;
+use crate::WorkerBuilder;
+use args::{Cli, Command};
+pub(crate) use format::Console;
+
+/// Exit codes: 0 success.
+pub mod exit {
+    /// Something failed (a broker operation, a publish, a record that cannot be replayed).
+    pub const FAILED: u8 = 1;
+    /// The command line or the configuration is wrong.
+    pub const USAGE: u8 = 2;
+    /// A `dlq show`, `replay` or `purge` selection matched no dead letter.
+    pub const NOTHING_MATCHED: u8 = 3;
+    /// RabbitMQ (or PostgreSQL) cannot be reached.
+    pub const UNREACHABLE: u8 = 4;
+}
+
+/// What a command printed and how it ended (from [`WorkerBuilder::run_with_args`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliOutput {
+    /// The process exit code the command would have.
+    pub code: u8,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr (errors and warnings).
+    pub stderr: String,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Dlq(Box<DlqError>),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    #[error("no dead letter matches {0}")]
+    NothingMatched(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<DlqError> for CliError {
+    fn from(error: DlqError) -> Self {
+        CliError::Dlq(Box::new(error))
+    }
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            CliError::Worker(WorkerError::Connect { .. } | WorkerError::Database { .. }) => {
+                exit::UNREACHABLE
+            }
+            CliError::Worker(WorkerError::Config(_) | WorkerError::Registry(_))
+            | CliError::Config(_)
+            | CliError::Usage(_) => exit::USAGE,
+            CliError::NothingMatched(_) => exit::NOTHING_MATCHED,
+            _ => exit::FAILED,
+        }
+    }
+}
+
+/// What every command needs to know about the worker.
+pub(crate) struct Setup {
+    pub(crate) config: WorkerConfig,
+    pub(crate) specs: Vec<HandlerSpec>,
+    pub(crate) demo: Option<DemoHook>,
+}
+
+impl Setup {
+    fn new(builder: &WorkerBuilder) -> Result<Self, CliError> {
+        let (registry, config, demo) = builder.cli_parts();
+        registry.validate().map_err(WorkerError::from)?;
+        let config = match config {
+            Some(config) => config.clone(),
+            None => WorkerConfig::from_env()?,
+        };
+        let specs = registry
+            .handlers()
+            .iter()
+            .map(|h| config.resolve(&h.spec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            config,
+            specs,
+            demo: demo.cloned(),
+        })
+    }
+}
+
+/// Parses `args` (the first is the program name) and runs the command.
+pub(crate) async fn main<I, T>(builder: WorkerBuilder, args: I, mut console: Console) -> CliOutput
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { exit::USAGE } else { 0 };
+            let text = if console.colour {
+                error.render().ansi().to_string()
+            } else {
+                error.render().to_string()
+            };
+            if error.use_stderr() {
+                console.warn(text.trim_end());
+            } else {
+                console.line(text.trim_end());
+            }
+            return finish(console, code);
+        }
+    };
+    let command = cli
+        .command
+        .unwrap_or(Command::Run(args::RunArgs { demo: false }));
+    let result = dispatch(builder, command, &mut console).await;
+    let code = match result {
+        Ok(code) => code,
+        Err(error) => {
+            console.warn(format!("error: {error}"));
+            error.code()
+        }
+    };
+    finish(console, code)
+}
+
+fn finish(console: Console, code: u8) -> CliOutput {
+    CliOutput {
+        code,
+        stdout: console.out.unwrap_or_default(),
+        stderr: console.err.unwrap_or_default(),
+    }
+}
+
+async fn dispatch(
+    builder: WorkerBuilder,
+    command: Command,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let setup = Setup::new(&builder)?;
+    match command {
+        Command::Run(args) => inspect::run(builder, setup, args.demo, console).await,
+        Command::Handlers(args) => inspect::handlers(&setup, args.json, console),
+        Command::Topology(args) => inspect::topology(&setup, args, console).await,
+        Command::Demo(args) => inspect::demo(&setup, args.json, console).await,
+        Command::Dlq(command) => dlq::run(&setup, command, console).await,
+    }
+}
+
+/// Runs the process's command line and prints to its stdout/stderr.
+pub(crate) async fn main_process(builder: WorkerBuilder) -> ExitCode {
+    let output = main(builder, std::env::args_os(), Console::terminal()).await;
+    ExitCode::from(output.code)
+}

@@ -1,0 +1,81 @@
+//! Which dead-letter entries a command applies to.
+
+use chrono::{DateTime, Utc};
+use worker_core::ErrorKind;
+
+use super::browse::Entry;
+
+/// Selects entries. Every criterion that is set must match; an empty filter matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Handler names (empty: every handler).
+    pub handlers: Vec<String>,
+    /// Event ids (empty: any).
+    pub event_ids: Vec<String>,
+    /// A prefix of the trace id (case-insensitive).
+    pub trace_id: Option<String>,
+    /// The event type.
+    pub event_type: Option<String>,
+    /// `poison` or `retryable`.
+    pub error_kind: Option<ErrorKind>,
+    /// Only entries whose last failure is at or after this time.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    /// Whether any criterion is set.
+    pub fn is_empty(&self) -> bool {
+        self.handlers.is_empty()
+            && self.event_ids.is_empty()
+            && self.trace_id.is_none()
+            && self.event_type.is_none()
+            && self.error_kind.is_none()
+            && self.since.is_none()
+    }
+
+    /// Whether `entry` is selected. An entry whose body is not a record matches only the
+    /// handler and event-id criteria (it has nothing else to compare).
+    pub fn matches(&self, handler: &str, entry: &Entry) -> bool {
+        if !self.handlers.is_empty() && !self.handlers.iter().any(|h| h == handler) {
+            return false;
+        }
+        if !self.event_ids.is_empty() {
+            let id = entry.event_id();
+            if !self.event_ids.iter().any(|e| Some(e) == id.as_ref()) {
+                return false;
+            }
+        }
+        let Ok(record) = &entry.record else {
+            return self.trace_id.is_none()
+                && self.event_type.is_none()
+                && self.error_kind.is_none()
+                && self.since.is_none();
+        };
+        let meta = &record.failure_metadata;
+        if let Some(prefix) = &self.trace_id {
+            if !meta
+                .trace_id
+                .to_ascii_lowercase()
+                .starts_with(&prefix.to_ascii_lowercase())
+            {
+                return false;
+            }
+        }
+        if let Some(kind) = &self.event_type {
+            if &record.original_message.kind != kind {
+                return false;
+            }
+        }
+        if let Some(kind) = self.error_kind {
+            if meta.error_kind != kind {
+                return false;
+            }
+        }
+        if let Some(since) = self.since {
+            if meta.last_failed_at < since {
+                return false;
+            }
+        }
+        true
+    }
+}
