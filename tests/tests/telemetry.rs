@@ -275,5 +275,15 @@ async fn readiness_follows_the_broker_connection() {
     })
     .await;
     assert_eq!(http_get(addr, "/healthz").await.0, 200, "still alive");
+    eventually("ready again after reconnecting", || async {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    env.publish_json("Scripted", "evt_after_reconnect", json!({}))
+        .await;
+    eventually("consuming again", || async {
+        env.effects("evt_after_reconnect").await == 1
+    })
+    .await;
     worker.shutdown().await.unwrap();
 }

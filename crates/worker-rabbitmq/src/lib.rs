@@ -31,6 +31,7 @@ pub mod dlq;
 mod error;
 mod lag;
 mod publisher;
+mod session;
 mod settle;
 pub mod topology;
 mod worker;

@@ -3,11 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::config::redact_url;
@@ -18,12 +16,10 @@ use worker_core::telemetry::metrics::Metrics;
 use worker_core::telemetry::server::{self, Endpoint};
 use worker_core::{DedupStore, Handler, Observer, Registry, WorkerConfig};
 
-use crate::connection::connect;
-use crate::consumer::{HandlerRunner, Stop};
+use crate::consumer::Stop;
 use crate::error::WorkerError;
-use crate::lag::{self, Watched};
-use crate::publisher::Publisher;
-use crate::topology;
+use crate::session::{self, Blueprint, Leftovers};
+use crate::topology::QueueNames;
 
 /// How often old dedup rows are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -173,24 +169,10 @@ impl WorkerBuilder {
             }
         }
 
-        let connection = Arc::new(connect(&config.amqp_url, &config.consumer).await?);
-        health.set_broker_connected(true);
-        let on_error = Arc::clone(&health);
-        connection.on_error(move |error| {
-            tracing::error!(%error, "RabbitMQ connection lost");
-            on_error.set_broker_connected(false);
-        });
-        let setup = connection
-            .create_channel()
-            .await
-            .map_err(WorkerError::broker("open a channel"))?;
-        topology::declare_exchange(&setup, &config).await?;
-        let mut names = Vec::with_capacity(specs.len());
-        for spec in &specs {
-            names.push(topology::declare_handler(&setup, &config, spec).await?);
-        }
-        let _ = setup.close(200, "topology declared").await;
-
+        let names: Vec<QueueNames> = specs
+            .iter()
+            .map(|spec| QueueNames::new(&config, spec.name))
+            .collect();
         let runtime = Runtime {
             pool: pool.clone(),
             dedup: dedup.clone(),
@@ -201,46 +183,30 @@ impl WorkerBuilder {
                     .collect(),
             )),
         };
-        let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
         let stop = Stop {
             consuming: CancellationToken::new(),
             abandon: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
-        let mut consumers = JoinSet::new();
-        let mut watched = Vec::with_capacity(specs.len());
-        for ((handler, spec), names) in self.registry.handlers().iter().zip(specs).zip(names) {
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(WorkerError::broker("open a consumer channel"))?;
-            let tag = format!("{}-{}-{}", config.consumer, spec.name, std::process::id());
-            watched.push(Watched {
-                handler: spec.name,
-                names: names.clone(),
-                delay_levels: spec.retry.level_count(),
-            });
-            let runner = Arc::new(HandlerRunner {
-                health: Arc::clone(&health),
-                handler: Arc::clone(handler),
-                spec,
-                names,
-                runtime: runtime.clone(),
-                publisher: Arc::clone(&publisher),
-            });
-            let stop = stop.clone();
-            consumers.spawn(async move {
-                let result = runner.consume(channel.clone(), tag, stop).await;
-                (channel, result)
-            });
-        }
+        let blueprint = Blueprint {
+            handlers: self
+                .registry
+                .handlers()
+                .iter()
+                .cloned()
+                .zip(specs)
+                .zip(names)
+                .map(|((h, s), n)| (h, s, n))
+                .collect(),
+            config: config.clone(),
+            runtime,
+            stop: stop.clone(),
+            health: Arc::clone(&health),
+            metrics: Arc::clone(&metrics),
+        };
+        let session = blueprint.open().await?;
+        let supervisor = tokio::spawn(session::supervise(blueprint, session));
         let pruner = tokio::spawn(prune_forever(pool.clone(), dedup, config.dedup_retention));
-        let lag_poller = tokio::spawn(lag::poll_forever(
-            Arc::clone(&connection),
-            watched,
-            Arc::clone(&metrics),
-            config.lag_poll_interval,
-        ));
         tracing::info!(
             amqp = %redact_url(&config.amqp_url),
             database = %redact_url(&config.database_url),
@@ -249,11 +215,9 @@ impl WorkerBuilder {
         );
         Ok(RunningWorker {
             stop,
-            consumers,
-            connection,
+            supervisor: Some(supervisor),
             pool,
             pruner,
-            lag_poller,
             endpoint,
             health,
             shutdown_timeout: config.shutdown_timeout,
@@ -312,11 +276,9 @@ async fn prune_forever(pool: PgPool, dedup: DedupStore, retention: Duration) {
 #[derive(Debug)]
 pub struct RunningWorker {
     stop: Stop,
-    consumers: JoinSet<(lapin::Channel, Result<(), WorkerError>)>,
-    connection: Arc<Connection>,
+    supervisor: Option<tokio::task::JoinHandle<Leftovers>>,
     pool: PgPool,
     pruner: tokio::task::JoinHandle<()>,
-    lag_poller: tokio::task::JoinHandle<()>,
     endpoint: Option<Endpoint>,
     health: Arc<Health>,
     shutdown_timeout: Duration,
@@ -329,21 +291,21 @@ impl std::fmt::Debug for Stop {
 }
 
 impl RunningWorker {
-    /// Resolves when a consumer stops on its own (the broker connection was lost), with why.
+    /// Resolves only if consuming stopped for good without a stop request (the supervisor that
+    /// reconnects after a lost connection ended); a lost connection alone does not resolve it.
     pub async fn failed(&mut self) -> Result<(), WorkerError> {
-        loop {
-            match self.consumers.join_next().await {
-                Some(Ok((_, Err(error)))) => return Err(error),
-                Some(Ok((_, Ok(())))) => continue,
-                Some(Err(join_error)) => {
-                    return Err(WorkerError::ConsumerLost {
-                        queue: "?".into(),
-                        reason: format!("consumer task failed: {join_error}"),
-                    })
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
+        let Some(supervisor) = self.supervisor.as_mut() else {
+            return std::future::pending().await;
+        };
+        let reason = match supervisor.await {
+            Ok(_) => "the connection supervisor stopped".to_owned(),
+            Err(error) => format!("the connection supervisor failed: {error}"),
+        };
+        self.supervisor = None;
+        Err(WorkerError::ConsumerLost {
+            queue: "*".into(),
+            reason,
+        })
     }
 
     /// Stops gracefully: stop consuming, let in-flight deliveries finish within the shutdown
@@ -351,12 +313,16 @@ impl RunningWorker {
     /// the pool. Nothing that did not finish is acked.
     pub async fn shutdown(mut self) -> Result<(), WorkerError> {
         self.stop.consuming.cancel();
-        let mut channels = Vec::new();
-        while let Some(joined) = self.consumers.join_next().await {
-            if let Ok((channel, _)) = joined {
-                channels.push(channel);
-            }
-        }
+        let leftovers = match self.supervisor.take() {
+            Some(supervisor) => supervisor.await.unwrap_or(Leftovers {
+                channels: Vec::new(),
+                connection: None,
+            }),
+            None => Leftovers {
+                channels: Vec::new(),
+                connection: None,
+            },
+        };
         self.stop.tasks.close();
         if tokio::time::timeout(self.shutdown_timeout, self.stop.tasks.wait())
             .await
@@ -366,12 +332,13 @@ impl RunningWorker {
             self.stop.abandon.cancel();
             self.stop.tasks.wait().await;
         }
-        for channel in channels {
+        for channel in leftovers.channels {
             let _ = channel.close(200, "worker stopping").await;
         }
-        let _ = self.connection.close(200, "worker stopping").await;
+        if let Some(connection) = leftovers.connection {
+            let _ = connection.close(200, "worker stopping").await;
+        }
         self.pruner.abort();
-        self.lag_poller.abort();
         self.health.set_broker_connected(false);
         if let Some(endpoint) = &self.endpoint {
             endpoint.stop();
