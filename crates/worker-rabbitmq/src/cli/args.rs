@@ -200,7 +200,8 @@ fn parse_rate(value: &str) -> Result<f64, String> {
 #[derive(Debug, Args)]
 pub(crate) struct ReplayArgs {
     /// Event ids to replay.
-    pub(crate) event_ids: Vec<String>,
+    #[arg(value_name = "EVENT_ID")]
+    pub(crate) ids: Vec<String>,
     /// Replay every dead letter (of the --handler ones, if given).
     #[arg(long)]
     pub(crate) all: bool,
@@ -220,7 +221,8 @@ pub(crate) struct ReplayArgs {
 #[derive(Debug, Args)]
 pub(crate) struct PurgeArgs {
     /// Event ids to remove.
-    pub(crate) event_ids: Vec<String>,
+    #[arg(value_name = "EVENT_ID")]
+    pub(crate) ids: Vec<String>,
     /// Every dead letter (of the --handler ones, if given).
     #[arg(long)]
     pub(crate) all: bool,
@@ -232,4 +234,15 @@ pub(crate) struct PurgeArgs {
     /// One JSON line per entry instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -518,7 +518,7 @@ async fn replay(
     args: ReplayArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
-    let filter = selection(&args.event_ids, args.all, &args.filters, "replay")?;
+    let filter = selection(&args.ids, args.all, &args.filters, "replay")?;
     if !args.dry_run {
         // The work queues must exist, or the mandatory publish would come back unroutable.
         declare(connection, setup).await?;
@@ -624,7 +624,7 @@ async fn purge(
     args: PurgeArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
-    let filter = selection(&args.event_ids, args.all, &args.filters, "purge")?;
+    let filter = selection(&args.ids, args.all, &args.filters, "purge")?;
     let held = hold(setup, connection, &filter).await?;
     let chosen = selected(&held, &filter);
     if chosen.is_empty() {
