@@ -1,0 +1,179 @@
+//! The README story on the example worker: `demo` publishes the burst, the outcomes are the
+//! advertised ones, the issuer-down order is found by trace id and, once the switch is fixed,
+//! replayed and charged exactly once. Also `handlers`, `topology --declare`, `--help` and the
+//! exit code when the broker is unreachable.
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use serde_json::Value;
+use worker_rabbitmq::cli::CliOutput;
+use worker_tests::{eventually, TestEnv};
+
+async fn cli(env: &TestEnv, args: &[&str]) -> CliOutput {
+    let args = std::iter::once("order-worker").chain(args.iter().copied());
+    order_worker::worker()
+        .config(env.config.clone())
+        .run_with_args(args)
+        .await
+}
+
+fn json_lines(output: &CliOutput) -> Vec<Value> {
+    output
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+const CHARGES: &str = "SELECT count(*) FROM charges WHERE event_id = $1";
+const RECEIPTS: &str = "SELECT count(*) FROM receipts WHERE event_id = $1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_outcomes_then_find_fix_and_replay() {
+    // This test binary is the only one that touches the switch.
+    std::env::set_var("PAYMENT_ISSUER_DOWN_FOR", "usr_77");
+    let env = TestEnv::new().await;
+    let worker = order_worker::worker()
+        .config(env.config.clone())
+        .start()
+        .await
+        .expect("worker starts");
+    let demo = cli(&env, &["demo", "--json"]).await;
+    assert_eq!(demo.code, 0, "{}", demo.stderr);
+    let published = json_lines(&demo);
+    let id_ending = |suffix: &str| {
+        published
+            .iter()
+            .find(|p| p["eventId"].as_str().is_some_and(|id| id.ends_with(suffix)))
+            .map(|p| {
+                (
+                    p["eventId"].as_str().unwrap_or_default().to_owned(),
+                    p["traceId"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no {suffix} in {published:?}"))
+    };
+    let (double, _) = id_ending("_dbl");
+    let (flaky, _) = id_ending("_flaky");
+    let (bad, bad_trace) = id_ending("_bad");
+    let (issuer, issuer_trace) = id_ending("_issuer");
+
+    eventually(
+        "ordinary, double-clicked and flaky orders charged",
+        || async {
+            let mut done = true;
+            for n in ["_1", "_2", "_3"] {
+                done &= env.count(CHARGES, &id_ending(n).0).await == 1;
+            }
+            done && env.count(CHARGES, &double).await == 1
+                && env.count(RECEIPTS, &double).await == 3
+                && env.count(CHARGES, &flaky).await == 1
+        },
+    )
+    .await;
+    let charge_dlq = format!("{}.dlq", env.queue("charge-on-order-placed"));
+    eventually("poison and issuer-down orders dead-lettered", || async {
+        env.depth(&charge_dlq).await == 2
+    })
+    .await;
+
+    // Find the poison order by a prefix of its trace id; it is in both handlers' DLQs.
+    let found = cli(
+        &env,
+        &["dlq", "list", "--json", "--trace-id", &bad_trace[..8]],
+    )
+    .await;
+    let found = json_lines(&found);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found
+        .iter()
+        .all(|r| r["originalMessage"]["id"] == bad.as_str()
+            && r["failureMetadata"]["errorKind"] == "poison"));
+
+    // The issuer-down order: retries exhausted, and the reason says which switch.
+    let show = cli(&env, &["dlq", "show", &issuer, "--json"]).await;
+    let record = &json_lines(&show)[0];
+    assert_eq!(record["failureMetadata"]["attempts"], 12);
+    assert_eq!(record["failureMetadata"]["errorKind"], "retryable");
+    assert_eq!(record["failureMetadata"]["traceId"], issuer_trace.as_str());
+    assert!(record["failureMetadata"]["lastError"]
+        .as_str()
+        .is_some_and(|e| e.contains("IssuerUnavailable")));
+    assert_eq!(env.count(CHARGES, &issuer).await, 0);
+
+    // Fix the cause, replay by trace id: charged exactly once.
+    std::env::set_var("PAYMENT_ISSUER_DOWN_FOR", "none");
+    let replay = cli(&env, &["dlq", "replay", "--trace-id", &issuer_trace[..10]]).await;
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    eventually("the replayed order is charged", || async {
+        env.count(CHARGES, &issuer).await == 1
+    })
+    .await;
+    worker.shutdown().await.expect("shutdown");
+    assert_eq!(env.count(CHARGES, &issuer).await, 1);
+    assert_eq!(
+        env.depth(&charge_dlq).await,
+        1,
+        "only the poison order is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_topology_help_and_exit_codes() {
+    let env = TestEnv::new().await;
+    let handlers = cli(&env, &["handlers", "--json"]).await;
+    assert_eq!(handlers.code, 0, "{}", handlers.stderr);
+    let list = &json_lines(&handlers)[0];
+    assert_eq!(list[0]["name"], "charge-on-order-placed");
+    assert_eq!(list[0]["dedup"], true);
+    assert_eq!(list[0]["retry"]["attempts"], 12);
+    assert_eq!(list[1]["name"], "send-receipt");
+    let table = cli(&env, &["handlers"]).await;
+    assert!(table.stdout.starts_with("HANDLER"), "{}", table.stdout);
+
+    let topology = cli(&env, &["topology", "--declare"]).await;
+    assert_eq!(topology.code, 0, "{}", topology.stderr);
+    assert!(topology.stdout.contains(".dlq"), "{}", topology.stdout);
+    let channel = env.connection.create_channel().await.expect("channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for queue in [
+        "charge-on-order-placed",
+        "charge-on-order-placed.dlq",
+        "send-receipt.retry.1",
+    ] {
+        channel
+            .queue_declare(
+                &format!("{}{queue}", env.config.queue_prefix),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{queue} declared: {e}"));
+    }
+    assert_eq!(
+        env.consumers(&env.queue("charge-on-order-placed")).await,
+        0,
+        "nothing consumed"
+    );
+
+    let help = cli(&env, &["dlq", "replay", "--help"]).await;
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Examples:"), "{}", help.stdout);
+    assert_eq!(cli(&env, &["dlq", "frobnicate"]).await.code, 2);
+
+    let mut unreachable = env.config.clone();
+    unreachable.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let down = order_worker::worker()
+        .config(unreachable)
+        .run_with_args(["order-worker", "dlq", "list"])
+        .await;
+    assert_eq!(down.code, 4, "{down:?}");
+    assert!(
+        down.stderr.contains("cannot connect to RabbitMQ"),
+        "{}",
+        down.stderr
+    );
+}
