@@ -18,6 +18,8 @@ pub struct Scripted {
     pub panic: bool,
     /// Sleep this long before finishing (to keep a delivery in flight).
     pub sleep_ms: u64,
+    /// Abort the whole process (a crash loop: the worker dies on this event every time).
+    pub abort: bool,
 }
 
 async fn record_attempt(ctx: &Context) -> Result<(), HandlerError> {
@@ -34,6 +36,13 @@ async fn record_attempt(ctx: &Context) -> Result<(), HandlerError> {
 }
 
 fn scripted_failure(event: &Scripted, ctx: &Context) -> Result<(), HandlerError> {
+    if event.abort {
+        eprintln!(
+            "scripted handler: aborting the process on {}",
+            ctx.event_id()
+        );
+        std::process::abort();
+    }
     if event.poison {
         return Err(HandlerError::poison(
             "ScriptedPoison: this event can never succeed",

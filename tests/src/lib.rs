@@ -377,6 +377,13 @@ impl TestEnv {
             ("WORKER_RETRY_CAP", "1s".into()),
             ("WORKER_RETRY_JITTER", "50ms".into()),
             ("WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
+            (
+                "WORKER_DELIVERY_LIMIT",
+                self.config
+                    .delivery_limit
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "off".into()),
+            ),
         ]
     }
 }

@@ -14,6 +14,7 @@
 //! | `WORKER_DB_POOL_SIZE` | `20` | database connections |
 //! | `WORKER_CONSUMER` | the executable's name | `consumer` in dead-letter records |
 //! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
+//! | `WORKER_DELIVERY_LIMIT` | `20` | quorum work queues: deliveries after which the broker dead-letters a message that was never settled (crash loop); `off` for none |
 //! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
 //! | `WORKER_HANDLER_<NAME>_RETRY_ATTEMPTS` (`_BASE`, `_CAP`, `_JITTER`), `WORKER_HANDLER_<NAME>_CONCURRENCY` | | override one handler (`<NAME>`: the handler name upper-cased, `-` → `_`) |
@@ -130,6 +131,9 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How often queue depths are polled.
     pub lag_poll_interval: Duration,
+    /// Quorum work queues' `x-delivery-limit`: deliveries after which the broker dead-letters a
+    /// message that never got settled (a crash loop); `None`: no limit.
+    pub delivery_limit: Option<u32>,
     /// Overrides for every handler.
     pub retry: RetryOverrides,
     /// Overrides per handler name (set in code or tests; applied after `retry`).
@@ -154,6 +158,7 @@ impl Default for WorkerConfig {
             consumer: default_consumer(),
             metrics_addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9464))),
             lag_poll_interval: Duration::from_secs(15),
+            delivery_limit: Some(20),
             retry: RetryOverrides::default(),
             handlers: HashMap::new(),
             read_handler_env: false,
@@ -188,6 +193,8 @@ impl WorkerConfig {
                 .unwrap_or(defaults.metrics_addr),
             lag_poll_interval: env_parse("WORKER_LAG_POLL_INTERVAL", parse_duration)?
                 .unwrap_or(defaults.lag_poll_interval),
+            delivery_limit: env_parse("WORKER_DELIVERY_LIMIT", parse_delivery_limit)?
+                .unwrap_or(defaults.delivery_limit),
             retry: RetryOverrides::from_env("WORKER_")?,
             handlers: HashMap::new(),
             read_handler_env: true,
@@ -303,6 +310,15 @@ fn parse_metrics_addr(value: &str) -> Result<Option<std::net::SocketAddr>, Strin
         .parse()
         .map(Some)
         .map_err(|_| "expected host:port (e.g. 0.0.0.0:9464) or `off`".into())
+}
+
+fn parse_delivery_limit(value: &str) -> Result<Option<u32>, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_positive(value)
+        .map(Some)
+        .map_err(|_| "expected a whole number of at least 1, or `off`".into())
 }
 
 fn parse_queue_type(value: &str) -> Result<QueueType, String> {

@@ -2,7 +2,7 @@
 //! by the pipeline and then settled.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -13,9 +13,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::observer::Settlement;
+use worker_core::pipeline::delivery_limit;
 use worker_core::pipeline::Runtime;
 use worker_core::registry::ErasedHandler;
 use worker_core::HandlerSpec;
+use worker_core::{Disposition, InboundMessage};
 
 use crate::convert;
 use crate::error::WorkerError;
@@ -45,14 +47,18 @@ pub(crate) struct Stop {
 }
 
 impl HandlerRunner {
-    /// Consumes until told to stop (`Ok`) or the channel breaks (`Err`).
+    /// Consumes `source` until told to stop (`Ok`) or the channel breaks (`Err`).
     pub(crate) async fn consume(
         self: Arc<Self>,
         channel: Channel,
         consumer_tag: String,
         stop: Stop,
+        source: Source,
     ) -> Result<(), WorkerError> {
-        let queue = self.names.work.clone();
+        let queue = match source {
+            Source::Work => self.names.work.clone(),
+            Source::DeliveryLimit => self.names.delivery_limit.clone(),
+        };
         let prefetch = u16::try_from(self.spec.concurrency).unwrap_or(u16::MAX);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -68,11 +74,16 @@ impl HandlerRunner {
             .await
             .map_err(WorkerError::broker(format!("consume `{queue}`")))?;
         let in_flight = Arc::new(Semaphore::new(self.spec.concurrency));
-        self.health.consumer_started();
+        let counts_for_readiness = source == Source::Work;
+        if counts_for_readiness {
+            self.health.consumer_started();
+        }
         let result = self
-            .consume_deliveries(&mut consumer, &stop, &in_flight)
+            .consume_deliveries(&mut consumer, &stop, &in_flight, source, &queue)
             .await;
-        self.health.consumer_stopped();
+        if counts_for_readiness {
+            self.health.consumer_stopped();
+        }
         result?;
         if let Err(error) = channel
             .basic_cancel(&consumer_tag, BasicCancelOptions::default())
@@ -88,8 +99,9 @@ impl HandlerRunner {
         consumer: &mut lapin::Consumer,
         stop: &Stop,
         in_flight: &Arc<Semaphore>,
+        source: Source,
+        queue: &String,
     ) -> Result<(), WorkerError> {
-        let queue = &self.names.work;
         tracing::info!(
             queue,
             handler = self.spec.name,
@@ -125,14 +137,14 @@ impl HandlerRunner {
             let runner = Arc::clone(self);
             let abandon = stop.abandon.clone();
             stop.tasks.spawn(async move {
-                runner.handle(delivery, abandon).await;
+                runner.handle(delivery, abandon, source).await;
                 drop(permit);
             });
         }
         Ok(())
     }
 
-    async fn handle(&self, delivery: Delivery, abandon: CancellationToken) {
+    async fn handle(&self, delivery: Delivery, abandon: CancellationToken, source: Source) {
         let acker = delivery.acker.clone();
         let message = convert::inbound(delivery);
         let event_id = message.properties.message_id.clone();
@@ -155,7 +167,7 @@ impl HandlerRunner {
                 observer.settled(&settlement("abandoned", None, false));
                 return;
             }
-            disposition = self.handler.process(&self.spec, &self.runtime, &message) => disposition,
+            disposition = self.disposition(&message, source) => disposition,
         };
         let done = settlement(disposition.outcome_name(), disposition.error_kind(), false);
         let settled = settle::settle(&acker, &disposition, &self.names, &self.publisher).await;
@@ -164,4 +176,41 @@ impl HandlerRunner {
             ..done
         });
     }
+
+    /// The pipeline's verdict. While the database cannot even begin a transaction, the delivery
+    /// is held (not acked, not requeued: requeueing would count against the delivery limit) and
+    /// retried with backoff, so an outage pauses this consumer slot instead of spending attempts.
+    async fn disposition(&self, message: &InboundMessage, source: Source) -> Disposition {
+        if source == Source::DeliveryLimit {
+            return delivery_limit::delivery_limit_exceeded(&self.spec, &self.runtime, message);
+        }
+        let mut pause = FIRST_DATABASE_PAUSE;
+        loop {
+            match self
+                .handler
+                .process(&self.spec, &self.runtime, message)
+                .await
+            {
+                Disposition::GiveBack { reason } => {
+                    tracing::warn!(handler = self.spec.name, reason, retry_in = ?pause, "database unavailable: holding the delivery");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_DATABASE_PAUSE);
+                }
+                disposition => return disposition,
+            }
+        }
+    }
 }
+
+/// Which queue a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The handler's work queue.
+    Work,
+    /// Messages the broker dead-lettered past the delivery limit, to be recorded in the DLQ.
+    DeliveryLimit,
+}
+
+/// Backoff while the database is unavailable.
+const FIRST_DATABASE_PAUSE: Duration = Duration::from_millis(500);
+const MAX_DATABASE_PAUSE: Duration = Duration::from_secs(10);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use lapin::{Channel, Connection};
 use rand::Rng;
 use tokio::task::{JoinHandle, JoinSet};
+use worker_core::config::QueueType;
 use worker_core::pipeline::Runtime;
 use worker_core::registry::ErasedHandler;
 use worker_core::telemetry::health::Health;
@@ -20,7 +21,7 @@ use worker_core::telemetry::metrics::Metrics;
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use crate::connection::connect;
-use crate::consumer::{HandlerRunner, Stop};
+use crate::consumer::{HandlerRunner, Source, Stop};
 use crate::error::WorkerError;
 use crate::lag::{self, Watched};
 use crate::publisher::Publisher;
@@ -102,9 +103,28 @@ impl Blueprint {
                 runtime: self.runtime.clone(),
                 publisher: Arc::clone(&publisher),
             });
+            if self.config.queue_type == QueueType::Quorum && self.config.delivery_limit.is_some() {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(WorkerError::broker("open a consumer channel"))?;
+                let (runner, stop, tag) = (
+                    Arc::clone(&runner),
+                    self.stop.clone(),
+                    format!("{tag}-delivery-limit"),
+                );
+                consumers.spawn(async move {
+                    let result = runner
+                        .consume(channel.clone(), tag, stop, Source::DeliveryLimit)
+                        .await;
+                    (channel, result)
+                });
+            }
             let stop = self.stop.clone();
             consumers.spawn(async move {
-                let result = runner.consume(channel.clone(), tag, stop).await;
+                let result = runner
+                    .consume(channel.clone(), tag, stop, Source::Work)
+                    .await;
                 (channel, result)
             });
         }

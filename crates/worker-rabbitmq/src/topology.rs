@@ -28,6 +28,9 @@ pub struct QueueNames {
     pub work: String,
     /// The dead-letter queue.
     pub dlq: String,
+    /// Where the broker dead-letters work-queue messages past their delivery limit (raw; the
+    /// worker turns each into a dead-letter record in `dlq`).
+    pub delivery_limit: String,
     delay_prefix: String,
 }
 
@@ -37,6 +40,7 @@ impl QueueNames {
         let work = config.queue_name(handler);
         Self {
             dlq: format!("{work}.dlq"),
+            delivery_limit: format!("{work}.delivery-limit"),
             delay_prefix: format!("{work}.retry."),
             work,
         }
@@ -46,6 +50,34 @@ impl QueueNames {
     pub fn delay(&self, level: u32) -> String {
         format!("{}{level}", self.delay_prefix)
     }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// The work queue's arguments: its type and, for quorum queues with a delivery limit, where the
+/// broker dead-letters a message redelivered past the limit (a crash loop). At-least-once
+/// dead-lettering keeps the message until the delivery-limit queue has it.
+fn work_queue_args(config: &WorkerConfig, names: &QueueNames) -> FieldTable {
+    let mut args = queue_type_args(config.queue_type);
+    if let (QueueType::Quorum, Some(limit)) = (config.queue_type, config.delivery_limit) {
+        args.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongLongInt(i64::from(limit)),
+        );
+        args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+        args.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            text(&names.delivery_limit),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-strategy"),
+            text("at-least-once"),
+        );
+        args.insert(ShortString::from("x-overflow"), text("reject-publish"));
+    }
+    args
 }
 
 fn queue_type_args(queue_type: QueueType) -> FieldTable {
@@ -91,8 +123,21 @@ pub async fn declare_handler(
         durable: true,
         ..Default::default()
     };
+    if config.queue_type == QueueType::Quorum && config.delivery_limit.is_some() {
+        channel
+            .queue_declare(
+                &names.delivery_limit,
+                durable,
+                queue_type_args(QueueType::Quorum),
+            )
+            .await
+            .map_err(WorkerError::broker(format!(
+                "declare delivery-limit queue `{}`",
+                names.delivery_limit
+            )))?;
+    }
     channel
-        .queue_declare(&names.work, durable, queue_type_args(config.queue_type))
+        .queue_declare(&names.work, durable, work_queue_args(config, &names))
         .await
         .map_err(WorkerError::broker(format!(
             "declare work queue `{}`",

@@ -7,6 +7,7 @@
 //! handler + commit), [`failure`] (retry copy or dead-letter record).
 
 pub mod decode;
+pub mod delivery_limit;
 pub mod disposition;
 pub mod envelope;
 pub mod failure;

@@ -29,7 +29,7 @@ pub const WORKER_TRACEPARENT_HEADER: &str = "x-worker-traceparent";
 pub const WORKER_HEADER_PREFIX: &str = "x-worker-";
 
 /// Headers RabbitMQ adds when our delay queues dead-letter a retry copy back to the work queue.
-const BROKER_DEATH_HEADERS: [&str; 7] = [
+pub(crate) const BROKER_DEATH_HEADERS: [&str; 7] = [
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",
