@@ -42,12 +42,14 @@ pub mod dedup;
 pub mod handler;
 pub mod message;
 pub mod observer;
+pub mod outbox;
 pub mod pipeline;
 pub mod registry;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;
+pub mod versioning;
 
 pub use config::{RetryOverrides, WorkerConfig};
 pub use context::Context;

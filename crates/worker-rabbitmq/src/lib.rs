@@ -31,6 +31,7 @@ pub mod dlq;
 mod error;
 mod lag;
 mod publisher;
+pub mod relay;
 mod session;
 mod settle;
 pub mod topology;
@@ -38,4 +39,5 @@ mod worker;
 
 pub use error::WorkerError;
 pub use publisher::{PublishError, Publisher};
+pub use relay::{Relay, RelayBuilder, RunningRelay};
 pub use worker::{RunningWorker, Worker, WorkerBuilder};

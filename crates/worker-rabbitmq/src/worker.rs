@@ -37,6 +37,7 @@ impl Worker {
             migrator: None,
             observers: Vec::new(),
             demo: None,
+            outbox: None,
         }
     }
 }
@@ -48,6 +49,8 @@ pub struct WorkerBuilder {
     migrator: Option<Migrator>,
     observers: Vec<Arc<dyn Observer>>,
     demo: Option<crate::demo::DemoHook>,
+    /// The outbox relay: `None` not asked for, `Some(None)` settings from the environment.
+    pub(crate) outbox: Option<Option<worker_core::outbox::OutboxSettings>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -128,6 +131,7 @@ impl WorkerBuilder {
             .iter()
             .map(|h| config.resolve(&h.spec()))
             .collect::<Result<Vec<_>, _>>()?;
+        let outbox = crate::relay::resolve(self.outbox)?;
         if let Some(longest) = specs
             .iter()
             .filter(|s| s.dedup)
@@ -161,6 +165,12 @@ impl WorkerBuilder {
                 .migrate(&pool)
                 .await
                 .map_err(|e| WorkerError::Migration(format!("dedup table: {e}")))?;
+            worker_core::outbox::migrate(&pool, &config.db_schema)
+                .await
+                .map_err(|e| WorkerError::Migration(format!("outbox table: {e}")))?;
+            worker_core::versioning::migrate(&pool, &config.db_schema)
+                .await
+                .map_err(|e| WorkerError::Migration(format!("entity_versions table: {e}")))?;
             if let Some(migrator) = &self.migrator {
                 migrator
                     .run(&pool)
@@ -207,6 +217,7 @@ impl WorkerBuilder {
         let session = blueprint.open().await?;
         let supervisor = tokio::spawn(session::supervise(blueprint, session));
         let pruner = tokio::spawn(prune_forever(pool.clone(), dedup, config.dedup_retention));
+        let relay = outbox.map(|settings| crate::relay::spawn(pool.clone(), &config, settings));
         tracing::info!(
             amqp = %redact_url(&config.amqp_url),
             database = %redact_url(&config.database_url),
@@ -218,6 +229,7 @@ impl WorkerBuilder {
             supervisor: Some(supervisor),
             pool,
             pruner,
+            relay,
             endpoint,
             health,
             shutdown_timeout: config.shutdown_timeout,
@@ -279,6 +291,7 @@ pub struct RunningWorker {
     supervisor: Option<tokio::task::JoinHandle<Leftovers>>,
     pool: PgPool,
     pruner: tokio::task::JoinHandle<()>,
+    relay: Option<crate::relay::RunningRelay>,
     endpoint: Option<Endpoint>,
     health: Arc<Health>,
     shutdown_timeout: Duration,
@@ -337,6 +350,9 @@ impl RunningWorker {
         }
         if let Some(connection) = leftovers.connection {
             let _ = connection.close(200, "worker stopping").await;
+        }
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await;
         }
         self.pruner.abort();
         self.health.set_broker_connected(false);

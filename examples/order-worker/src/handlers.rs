@@ -1,9 +1,11 @@
 //! The order worker's handlers.
 
 use sqlx::PgConnection;
+use worker_core::outbox::{Outbox, OutboxEvent};
+use worker_core::versioning::{apply_if_newer, Freshness};
 use worker_core::{handler, Context, HandlerError};
 
-use crate::events::OrderPlaced;
+use crate::events::{OrderPaid, OrderPlaced};
 use crate::payment;
 
 fn validate(event: &OrderPlaced) -> Result<(), HandlerError> {
@@ -16,8 +18,8 @@ fn validate(event: &OrderPlaced) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// Charges the customer once per event: the charge row, the order update and the dedup row
-/// commit together; the event id is the gateway's idempotency key.
+/// Charges the customer once per event: the charge row, the order update, the `OrderPaid` event
+/// in the outbox and the dedup row commit together; the event id is the gateway's idempotency key.
 #[handler(event = "OrderPlaced", dedup, retry = 12)]
 pub async fn charge_on_order_placed(
     event: OrderPlaced,
@@ -42,6 +44,53 @@ pub async fn charge_on_order_placed(
     .bind(&event.order_id)
     .bind(&event.user_id)
     .bind(event.amount)
+    .execute(&mut *tx)
+    .await?;
+    let version: i64 = sqlx::query_scalar(
+        "UPDATE orders SET version = version + 1 WHERE order_id = $1 RETURNING version",
+    )
+    .bind(&event.order_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let paid = OrderPaid {
+        order_id: event.order_id.clone(),
+        user_id: event.user_id.clone(),
+        amount: event.amount,
+        version,
+    };
+    // Published by the outbox relay if and only if this transaction commits.
+    let paid = OutboxEvent::new("OrderPaid", &event.order_id, serde_json::to_value(&paid)?);
+    Outbox::enqueue(tx, paid.caused_by(ctx)).await?;
+    Ok(())
+}
+
+/// Prepares the shipment of a paid order. Order-tolerant: an `OrderPaid` older than the version
+/// already shipped (a late redelivery or retry) is skipped instead of overwriting newer state.
+#[handler(event = "OrderPaid", dedup, retry = 12)]
+pub async fn ship_order(
+    event: OrderPaid,
+    tx: &mut PgConnection,
+    ctx: &Context,
+) -> Result<(), HandlerError> {
+    let freshness = apply_if_newer(tx, ctx.handler(), &event.order_id, event.version).await?;
+    if let Freshness::Stale { current } = freshness {
+        tracing::info!(
+            order_id = event.order_id,
+            current,
+            stale = event.version,
+            "skipping a stale OrderPaid"
+        );
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO shipments (order_id, user_id, event_id, version) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (order_id) DO UPDATE
+             SET user_id = EXCLUDED.user_id, event_id = EXCLUDED.event_id, version = EXCLUDED.version",
+    )
+    .bind(&event.order_id)
+    .bind(&event.user_id)
+    .bind(ctx.event_id())
+    .bind(event.version)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -15,6 +15,8 @@ pub fn worker() -> WorkerBuilder {
     Worker::builder()
         .handler(handlers::charge_on_order_placed)
         .handler(handlers::send_receipt)
+        .handler(handlers::ship_order)
+        .outbox()
         .migrations(sqlx::migrate!())
         .demo(|events| Box::pin(demo::burst(events)))
 }

@@ -1,0 +1,30 @@
+//! The transactional outbox: write events to a table in the same transaction as the business
+//! write ([`Outbox::enqueue`]); a relay ([`relay::RelayLoop`], run by the transport) publishes
+//! them with publisher confirms and marks them published. Downstream events go out if and only
+//! if the transaction commits — the dual write without its failure mode.
+//!
+//! One concept per file: [`migrations`] (the table), [`event`] (what to publish),
+//! [`enqueue`] (the write), [`table`] (the relay's statements), [`relay`] (the loop and its
+//! guarantees), [`settings`].
+
+pub mod enqueue;
+pub mod event;
+pub mod migrations;
+pub mod relay;
+pub mod settings;
+pub mod table;
+
+pub use enqueue::{Enqueued, Outbox};
+pub use event::OutboxEvent;
+pub use relay::{OutboxMessage, OutboxSink, RelayLoop, RelayObserver, SinkError};
+pub use settings::OutboxSettings;
+pub use table::OutboxTable;
+
+use sqlx::PgPool;
+
+use crate::dedup::identifier::Identifier;
+
+/// Creates the outbox table in `schema` if missing (the embedded migration).
+pub async fn migrate(pool: &PgPool, schema: &Identifier) -> Result<(), sqlx::Error> {
+    migrations::run(pool, schema).await
+}

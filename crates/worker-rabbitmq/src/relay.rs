@@ -1,0 +1,281 @@
+//! The outbox relay on RabbitMQ: publishes the rows of `<WORKER_DB_SCHEMA>.outbox` to the events
+//! exchange, routing key = event type, `message_id` = event id, persistent JSON with the stored
+//! trace headers, each with `mandatory` and a publisher confirm before its row is marked
+//! published. The loop itself (batches, `SKIP LOCKED`, `LISTEN`/`NOTIFY`, ordering, retention) is
+//! [`worker_core::outbox::relay`]; this file is the broker side.
+//!
+//! Run it inside a worker (`WorkerBuilder::outbox()`, or `WORKER_OUTBOX=true`) or on its own:
+//!
+//! ```no_run
+//! use worker_core::outbox::OutboxSettings;
+//! use worker_core::WorkerConfig;
+//!
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! // Until SIGINT/SIGTERM; configuration from the environment, as for the worker.
+//! worker_rabbitmq::Relay::run(WorkerConfig::from_env()?, OutboxSettings::from_env()?).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Several relays (in several processes) may drain one table: each row is in one relay's batch at
+//! a time. An event nobody has bound a queue for is returned by the broker (`mandatory`): it is
+//! retried with a backoff rather than marked published, so an event is never silently dropped
+//! (and later events of its aggregate wait for it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use worker_core::config::{redact_url, ConfigError};
+use worker_core::handler::BoxFuture;
+use worker_core::outbox::relay::NoRelayObserver;
+use worker_core::outbox::{
+    OutboxMessage, OutboxSettings, OutboxSink, OutboxTable, RelayLoop, RelayObserver, SinkError,
+};
+use worker_core::WorkerConfig;
+
+use crate::connection::connect;
+use crate::error::WorkerError;
+use crate::publisher::{PublishError, Publisher};
+use crate::topology;
+use crate::WorkerBuilder;
+
+/// The outbox relay, on its own (outside a worker).
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// A relay for `config`'s schema and exchange, with default settings and no observer.
+    pub fn builder(config: WorkerConfig) -> RelayBuilder {
+        RelayBuilder {
+            config,
+            settings: OutboxSettings::default(),
+            observer: Arc::new(NoRelayObserver),
+        }
+    }
+
+    /// Starts a relay and runs it until SIGINT or SIGTERM.
+    pub async fn run(config: WorkerConfig, settings: OutboxSettings) -> Result<(), WorkerError> {
+        let relay = Self::builder(config).settings(settings).start().await?;
+        worker_core::shutdown::signal().await;
+        relay.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Configures a standalone relay.
+pub struct RelayBuilder {
+    config: WorkerConfig,
+    settings: OutboxSettings,
+    observer: Arc<dyn RelayObserver>,
+}
+
+impl std::fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("config", &self.config)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayBuilder {
+    /// Batch size, poll interval, retention, backoff.
+    pub fn settings(mut self, settings: OutboxSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Hooks called as rows are confirmed and committed (telemetry, fault injection).
+    pub fn observer(mut self, observer: impl RelayObserver) -> Self {
+        self.observer = Arc::new(observer);
+        self
+    }
+
+    /// Connects to PostgreSQL (and creates the outbox table when migrations are on) and to
+    /// RabbitMQ (declaring the events exchange), then starts relaying.
+    pub async fn start(self) -> Result<RunningRelay, WorkerError> {
+        let config = self.config;
+        let database_error = |source| WorkerError::Database {
+            url: redact_url(&config.database_url),
+            source,
+        };
+        let options: PgConnectOptions = config.database_url.parse().map_err(database_error)?;
+        let search_path = format!("{},public", config.db_schema.quoted());
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.options([("search_path", search_path.as_str())]))
+            .await
+            .map_err(database_error)?;
+        if config.migrate {
+            worker_core::outbox::migrate(&pool, &config.db_schema)
+                .await
+                .map_err(|e| WorkerError::Migration(format!("outbox table: {e}")))?;
+        }
+        let sink = RabbitSink::new(&config);
+        sink.connected().await?;
+        let mut relay = spawn_with(pool.clone(), &config, self.settings, sink, self.observer);
+        relay.own_pool = Some(pool);
+        Ok(relay)
+    }
+}
+
+/// A running relay. Stop it with [`RunningRelay::shutdown`].
+#[derive(Debug)]
+pub struct RunningRelay {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    own_pool: Option<PgPool>,
+}
+
+impl RunningRelay {
+    /// Stops after the batch in progress (a batch cut short would only be published again).
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        if let Some(pool) = self.own_pool {
+            pool.close().await;
+        }
+    }
+}
+
+/// Starts the relay inside a worker, on the worker's pool.
+pub(crate) fn spawn(pool: PgPool, config: &WorkerConfig, settings: OutboxSettings) -> RunningRelay {
+    spawn_with(
+        pool,
+        config,
+        settings,
+        RabbitSink::new(config),
+        Arc::new(NoRelayObserver),
+    )
+}
+
+fn spawn_with(
+    pool: PgPool,
+    config: &WorkerConfig,
+    settings: OutboxSettings,
+    sink: RabbitSink,
+    observer: Arc<dyn RelayObserver>,
+) -> RunningRelay {
+    let stop = CancellationToken::new();
+    let relay = RelayLoop::new(
+        pool,
+        OutboxTable::new(config.db_schema.clone()),
+        settings,
+        Arc::new(sink),
+        observer,
+    );
+    let token = stop.clone();
+    let task = tokio::spawn(async move { relay.run(token.cancelled_owned()).await });
+    RunningRelay {
+        stop,
+        task,
+        own_pool: None,
+    }
+}
+
+/// Publishes to the events exchange through a [`Publisher`] on a connection of its own, opened
+/// again after it is lost.
+struct RabbitSink {
+    url: String,
+    name: String,
+    config: WorkerConfig,
+    state: Mutex<Option<(Arc<Connection>, Arc<Publisher>)>>,
+}
+
+impl RabbitSink {
+    fn new(config: &WorkerConfig) -> Self {
+        Self {
+            url: config.amqp_url.clone(),
+            name: format!("{}-outbox-relay", config.consumer),
+            config: config.clone(),
+            state: Mutex::new(None),
+        }
+    }
+
+    async fn connected(&self) -> Result<Arc<Publisher>, WorkerError> {
+        let mut state = self.state.lock().await;
+        if let Some((connection, publisher)) = state.as_ref() {
+            if connection.status().connected() {
+                return Ok(Arc::clone(publisher));
+            }
+        }
+        let connection = Arc::new(connect(&self.url, &self.name).await?);
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(WorkerError::broker("open a channel for the outbox relay"))?;
+        topology::declare_exchange(&channel, &self.config).await?;
+        let _ = channel.close(200, "exchange declared").await;
+        let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
+        *state = Some((connection, Arc::clone(&publisher)));
+        Ok(publisher)
+    }
+}
+
+impl OutboxSink for RabbitSink {
+    fn publish<'a>(&'a self, message: &'a OutboxMessage) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let publisher = self
+                .connected()
+                .await
+                .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+            let span = tracing::info_span!(
+                "publish",
+                "otel.name" = %format_args!("publish {}", message.event_type),
+                "otel.kind" = "producer",
+                "messaging.system" = "rabbitmq",
+                "messaging.operation.type" = "send",
+                "messaging.destination.name" = %self.config.exchange,
+                "messaging.rabbitmq.destination.routing_key" = %message.event_type,
+                "messaging.message.id" = %message.event_id,
+            );
+            match publisher
+                .publish(&self.config.exchange, &message.event_type, &message.message)
+                .instrument(span)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(error @ (PublishError::Returned { .. } | PublishError::Nacked { .. })) => {
+                    Err(SinkError::Rejected(error.to_string()))
+                }
+                Err(error) => Err(SinkError::Unavailable(error.to_string())),
+            }
+        })
+    }
+}
+
+/// The outbox relay of a worker (see [`crate::relay`]).
+impl WorkerBuilder {
+    /// Runs the outbox relay in this worker, with settings from the `WORKER_OUTBOX_*` variables
+    /// (`WORKER_OUTBOX=false` turns it off again, e.g. when relays run as their own processes).
+    pub fn outbox(mut self) -> Self {
+        self.outbox = Some(None);
+        self
+    }
+
+    /// Runs the outbox relay in this worker with these settings.
+    pub fn outbox_settings(mut self, settings: OutboxSettings) -> Self {
+        self.outbox = Some(Some(settings));
+        self
+    }
+}
+
+/// Whether the worker runs a relay: `WORKER_OUTBOX` wins over the code's choice.
+pub(crate) fn resolve(
+    choice: Option<Option<OutboxSettings>>,
+) -> Result<Option<OutboxSettings>, ConfigError> {
+    let wanted = OutboxSettings::switch_from_env()?.unwrap_or(choice.is_some());
+    if !wanted {
+        return Ok(None);
+    }
+    match choice.flatten() {
+        Some(settings) => Ok(Some(settings)),
+        None => OutboxSettings::from_env().map(Some),
+    }
+}
