@@ -130,6 +130,7 @@ impl RelayBuilder {
 pub struct RunningRelay {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    sink: Arc<RabbitSink>,
     own_pool: Option<PgPool>,
 }
 
@@ -138,6 +139,7 @@ impl RunningRelay {
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.task.await;
+        self.sink.close().await;
         if let Some(pool) = self.own_pool {
             pool.close().await;
         }
@@ -163,11 +165,12 @@ fn spawn_with(
     observer: Arc<dyn RelayObserver>,
 ) -> RunningRelay {
     let stop = CancellationToken::new();
+    let sink = Arc::new(sink);
     let relay = RelayLoop::new(
         pool,
         OutboxTable::new(config.db_schema.clone()),
         settings,
-        Arc::new(sink),
+        Arc::clone(&sink) as Arc<dyn OutboxSink>,
         observer,
     );
     let token = stop.clone();
@@ -175,12 +178,14 @@ fn spawn_with(
     RunningRelay {
         stop,
         task,
+        sink,
         own_pool: None,
     }
 }
 
 /// Publishes to the events exchange through a [`Publisher`] on a connection of its own, opened
 /// again after it is lost.
+#[derive(Debug)]
 struct RabbitSink {
     url: String,
     name: String,
@@ -215,6 +220,14 @@ impl RabbitSink {
         let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
         *state = Some((connection, Arc::clone(&publisher)));
         Ok(publisher)
+    }
+}
+
+impl RabbitSink {
+    async fn close(&self) {
+        if let Some((connection, _)) = self.state.lock().await.take() {
+            let _ = connection.close(200, "outbox relay stopping").await;
+        }
     }
 }
 

@@ -46,6 +46,19 @@ pub(crate) enum Command {
         after_help = "Examples:\n  order-worker demo          # with the worker running in another terminal\n  order-worker run --demo    # both in one command"
     )]
     Demo(JsonArgs),
+    /// The transactional outbox: run a relay that publishes its rows (see `outbox relay --help`).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OutboxCommand {
+    /// Publish the outbox table's events (WORKER_DB_SCHEMA) to the exchange until SIGINT/SIGTERM,
+    /// without consuming. Several relays may run at once; settings from WORKER_OUTBOX_*.
+    #[command(
+        after_help = "Examples:\n  order-worker outbox relay\n  WORKER_OUTBOX=false order-worker run    # workers without a relay of their own"
+    )]
+    Relay,
 }
 
 #[derive(Debug, Args)]

@@ -167,6 +167,12 @@ async fn dispatch(
         Command::Topology(args) => inspect::topology(&setup, args, console).await,
         Command::Demo(args) => inspect::demo(&setup, args.json, console).await,
         Command::Dlq(command) => dlq::run(&setup, command, console).await,
+        Command::Outbox(args::OutboxCommand::Relay) => {
+            let settings = worker_core::outbox::OutboxSettings::from_env()?;
+            let _telemetry = worker_core::telemetry::logging::init(&setup.config.consumer);
+            crate::relay::Relay::run(setup.config, settings).await?;
+            Ok(0)
+        }
     }
 }
 
