@@ -1,6 +1,7 @@
 //! The order worker of the story: `charge-on-order-placed` charges each `OrderPlaced` event
 //! exactly once, `send-receipt` e-mails a receipt (at least once), and a bad order is
-//! dead-lettered with a reason.
+//! dead-lettered with a reason. A charge emits `OrderPaid` through the transactional outbox (the
+//! worker runs the relay), and `ship-order` consumes it, skipping stale versions.
 
 pub mod demo;
 pub mod events;
