@@ -510,3 +510,23 @@ async fn charge_emits_order_paid_through_the_outbox_and_ship_order_consumes_it()
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_amqp_cannot_carry_is_refused_at_enqueue() {
+    let env = TestEnv::new().await;
+    migrate(&env).await;
+    let mut tx = env.pool.begin().await.expect("begin");
+    for event in [
+        OutboxEvent::new("Probe", "agg", json!({})).event_id(""),
+        OutboxEvent::new("Probe", "agg", json!({})).event_id("e".repeat(256)),
+        OutboxEvent::new("", "agg", json!({})),
+    ] {
+        let error = Outbox::enqueue(&mut tx, event).await.expect_err("refused");
+        assert!(
+            matches!(error, worker_core::outbox::EnqueueError::Invalid { .. }),
+            "{error}"
+        );
+    }
+    tx.commit().await.expect("commit");
+    assert_eq!(unpublished(&env).await, 0);
+}

@@ -38,6 +38,23 @@ pub struct Outbox {
     insert_sql: String,
 }
 
+/// Why an event could not be written to the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The event id or type cannot be carried by AMQP (`message_id` and the routing key are
+    /// short strings: 1 to 255 bytes).
+    #[error("outbox event {field} {value:?} is invalid: it must be 1 to 255 bytes (an AMQP short string)")]
+    Invalid {
+        /// `event_id` or `event_type`.
+        field: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The insert failed; the caller's transaction should be rolled back.
+    #[error("writing to the outbox failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
 /// What [`Outbox::enqueue`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enqueued {
@@ -73,7 +90,7 @@ impl Outbox {
     pub async fn enqueue(
         tx: &mut PgConnection,
         event: OutboxEvent,
-    ) -> Result<Enqueued, sqlx::Error> {
+    ) -> Result<Enqueued, EnqueueError> {
         Self::default().insert(tx, event).await
     }
 
@@ -82,7 +99,18 @@ impl Outbox {
         &self,
         tx: &mut PgConnection,
         event: OutboxEvent,
-    ) -> Result<Enqueued, sqlx::Error> {
+    ) -> Result<Enqueued, EnqueueError> {
+        for (field, value) in [
+            ("event_id", &event.event_id),
+            ("event_type", &event.event_type),
+        ] {
+            if value.is_empty() || value.len() > 255 {
+                return Err(EnqueueError::Invalid {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
         let headers = serde_json::to_string(&event.headers_with_trace())
             .expect("a map of strings always serializes");
         let id: i64 = sqlx::query_scalar(&self.insert_sql)

@@ -14,7 +14,7 @@ pub mod relay;
 pub mod settings;
 pub mod table;
 
-pub use enqueue::{Enqueued, Outbox};
+pub use enqueue::{EnqueueError, Enqueued, Outbox};
 pub use event::OutboxEvent;
 pub use relay::{OutboxMessage, OutboxSink, RelayLoop, RelayObserver, SinkError};
 pub use settings::OutboxSettings;

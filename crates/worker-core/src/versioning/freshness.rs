@@ -29,9 +29,10 @@ impl Freshness {
 /// Compares `version` of `entity_id` with the last version `handler` applied, inside the
 /// handler's dedup transaction, and records it when newer.
 ///
-/// Concurrent deliveries for one entity are serialized on its row (`FOR UPDATE`), so two
-/// versions processed at the same time cannot both be judged fresh against the same old
-/// version. Uses the `entity_versions` table on the connection's `search_path` (the worker's
+/// Concurrent deliveries for one entity are serialized on its row (`FOR UPDATE`; for the
+/// entity's first version, on the primary key of the insert), so two versions processed at the
+/// same time are judged one after the other, and `previous` is always the version the other one
+/// committed. Uses the `entity_versions` table on the connection's `search_path` (the worker's
 /// schema comes first on handler connections).
 ///
 /// ```no_run
@@ -59,41 +60,64 @@ pub async fn apply_if_newer(
     entity_id: &str,
     version: i64,
 ) -> Result<Freshness, sqlx::Error> {
-    let previous: Option<i64> = sqlx::query_scalar(
-        "SELECT version FROM entity_versions WHERE handler = $1 AND entity_id = $2 FOR UPDATE",
-    )
-    .bind(handler)
-    .bind(entity_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(current) = previous.filter(|current| *current >= version) {
+    let current = match locked_version(tx, handler, entity_id).await? {
+        Some(current) => current,
+        None => {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO entity_versions (handler, entity_id, version) VALUES ($1, $2, $3)
+                 ON CONFLICT (handler, entity_id) DO NOTHING RETURNING version",
+            )
+            .bind(handler)
+            .bind(entity_id)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if inserted.is_some() {
+                return Ok(Freshness::Fresh { previous: None });
+            }
+            // A concurrent transaction inserted the entity's first version (the insert waited
+            // for it to commit): lock that row and compare with it.
+            match locked_version(tx, handler, entity_id).await? {
+                Some(current) => current,
+                None => {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "entity_versions row ({handler}, {entity_id}) conflicted on insert but cannot be read"
+                    )))
+                }
+            }
+        }
+    };
+    if current >= version {
         return Ok(Freshness::Stale { current });
     }
-    // The guard covers a concurrent first insert of the same entity (no row to lock above): the
-    // loser of that race waits for the winner and re-checks against its version.
-    let applied: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO entity_versions (handler, entity_id, version) VALUES ($1, $2, $3)
-         ON CONFLICT (handler, entity_id) DO UPDATE
-             SET version = EXCLUDED.version, applied_at = now()
-             WHERE entity_versions.version < EXCLUDED.version
-         RETURNING version",
+    sqlx::query(
+        "UPDATE entity_versions SET version = $3, applied_at = now()
+         WHERE handler = $1 AND entity_id = $2",
     )
     .bind(handler)
     .bind(entity_id)
     .bind(version)
-    .fetch_optional(&mut *tx)
+    .execute(&mut *tx)
     .await?;
-    if applied.is_some() {
-        return Ok(Freshness::Fresh { previous });
-    }
-    let current: i64 = sqlx::query_scalar(
-        "SELECT version FROM entity_versions WHERE handler = $1 AND entity_id = $2",
+    Ok(Freshness::Fresh {
+        previous: Some(current),
+    })
+}
+
+/// The applied version, locked until the transaction ends so concurrent deliveries for one
+/// entity are judged one after the other.
+async fn locked_version(
+    tx: &mut PgConnection,
+    handler: &str,
+    entity_id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT version FROM entity_versions WHERE handler = $1 AND entity_id = $2 FOR UPDATE",
     )
     .bind(handler)
     .bind(entity_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(Freshness::Stale { current })
+    .fetch_optional(tx)
+    .await
 }
 
 /// The last version `handler` applied to `entity_id`, if any.
