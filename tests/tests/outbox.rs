@@ -530,3 +530,36 @@ async fn an_event_amqp_cannot_carry_is_refused_at_enqueue() {
     tx.commit().await.expect("commit");
     assert_eq!(unpublished(&env).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_the_relay_without_waiting_for_a_poll() {
+    let env = TestEnv::new().await;
+    let queue = probe(&env, &["Probe"]).await;
+    let relay = Relay::builder(env.config.clone())
+        .settings(OutboxSettings {
+            // Never polls again within the test: only the trigger's NOTIFY can wake it.
+            poll_interval: Duration::from_secs(3600),
+            ..settings()
+        })
+        .start()
+        .await
+        .expect("relay starts");
+    for n in 0..3 {
+        enqueue(
+            &env,
+            OutboxEvent::new("Probe", "agg", json!({"n": n})).event_id(format!("evt_n{n}")),
+        )
+        .await;
+        eventually("the event is published on the notification", || async {
+            unpublished(&env).await == 0
+        })
+        .await;
+    }
+    relay.shutdown().await;
+    let ids: Vec<String> = take_all(&env, &queue)
+        .await
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(ids, ["evt_n0", "evt_n1", "evt_n2"]);
+}
