@@ -91,7 +91,7 @@ impl TestEnv {
             db_schema: Identifier::new(&id).expect("test ids are identifiers"),
             consumer: "worker-tests-0.1.0".into(),
             shutdown_timeout: Duration::from_secs(10),
-            db_pool_size: 8,
+            db_pool_size: 40,
             metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             lag_poll_interval: Duration::from_millis(200),
             retry: RetryOverrides {
@@ -437,7 +437,8 @@ pub fn close_connections_named(name: &str) -> usize {
         };
         let status = std::process::Command::new("rabbitmqctl")
             .args(["close_connection", pid, "test: simulated connection loss"])
-            .status();
+            .output()
+            .map(|o| o.status);
         if status.map(|s| s.success()).unwrap_or(false) {
             closed += 1;
         }

@@ -11,7 +11,7 @@
 //! | `WORKER_MIGRATE` | `true` | create the dedup table at start-up |
 //! | `WORKER_DEDUP_RETENTION` | `7d` | dedup rows older than this are pruned |
 //! | `WORKER_SHUTDOWN_TIMEOUT` | `30s` | how long in-flight deliveries may finish after a stop signal |
-//! | `WORKER_DB_POOL_SIZE` | `20` | database connections |
+//! | `WORKER_DB_POOL_SIZE` | `64` | most database connections; the pool is sized to what the handlers' concurrency needs (two per in-flight dedup delivery, one per other), up to this |
 //! | `WORKER_CONSUMER` | the executable's name | `consumer` in dead-letter records |
 //! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
 //! | `WORKER_DELIVERY_LIMIT` | `20` | quorum work queues: deliveries after which the broker dead-letters a message that was never settled (crash loop); `off` for none |
@@ -154,7 +154,7 @@ impl Default for WorkerConfig {
             migrate: true,
             dedup_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(30),
-            db_pool_size: 20,
+            db_pool_size: 64,
             consumer: default_consumer(),
             metrics_addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9464))),
             lag_poll_interval: Duration::from_secs(15),

@@ -248,10 +248,18 @@ async fn connect_database(
     let options: PgConnectOptions = config.database_url.parse().map_err(database_error)?;
     let search_path = format!("{},public", config.db_schema.quoted());
     let options = options.options([("search_path", search_path.as_str())]);
+    // Every in-flight delivery may hold its transaction and use one more connection through
+    // `ctx.pool()` (a handler writing outside its transaction); with fewer connections than that,
+    // deliveries holding transactions could wait on each other for the pool. Plus the pruner's.
     let wanted: usize = specs
         .iter()
-        .filter(|s| s.dedup)
-        .map(|s| s.concurrency)
+        .map(|s| {
+            if s.dedup {
+                2 * s.concurrency
+            } else {
+                s.concurrency
+            }
+        })
         .sum::<usize>()
         + 2;
     let size = config
