@@ -20,26 +20,24 @@ use rand::Rng;
 use tokio::process::{Child, Command};
 use worker_tests::{close_connections_named, eventually, TestEnv};
 
-struct Workers<'a> {
-    env: &'a TestEnv,
+struct Workers {
+    id: String,
+    database_url: String,
+    worker_env: Vec<(&'static str, String)>,
     children: Vec<Child>,
     started: usize,
 }
 
-impl Workers<'_> {
+impl Workers {
     fn name(&self, slot: usize) -> String {
-        format!("chaos-{}-{slot}", self.env.id)
+        format!("chaos-{}-{slot}", self.id)
     }
 
     fn spawn(&mut self, slot: usize) -> Child {
         self.started += 1;
-        let database_url = format!(
-            "{}?application_name={}",
-            self.env.config.database_url,
-            self.name(slot)
-        );
+        let database_url = format!("{}?application_name={}", self.database_url, self.name(slot));
         Command::new(env!("CARGO_BIN_EXE_crash_worker"))
-            .envs(self.env.worker_env())
+            .envs(self.worker_env.clone())
             .env("WORKER_CONSUMER", self.name(slot))
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "error")
@@ -103,12 +101,14 @@ async fn exactly_once_effects_under_kills_connection_losses_and_backend_terminat
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let soak = std::env::var("CHAOS_SOAK").as_deref() == Ok("1");
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
     let (events, good, poison) = event_ids(n);
     let queue = env.queue("scripted");
 
     let mut workers = Workers {
-        env: &env,
+        id: env.id.clone(),
+        database_url: env.config.database_url.clone(),
+        worker_env: env.worker_env(),
         children: Vec::new(),
         started: 0,
     };
@@ -122,6 +122,8 @@ async fn exactly_once_effects_under_kills_connection_losses_and_backend_terminat
     .await;
 
     let started = Instant::now();
+    // The broker is restarted (soak mode) only once every event is published and confirmed.
+    let published = std::sync::atomic::AtomicBool::new(false);
     let publisher = async {
         for batch in events.chunks(500) {
             let mut confirms = Vec::with_capacity(batch.len());
@@ -149,6 +151,7 @@ async fn exactly_once_effects_under_kills_connection_losses_and_backend_terminat
                 );
             }
         }
+        published.store(true, std::sync::atomic::Ordering::SeqCst);
     };
     let (mut kills, mut closes, mut terminations, mut broker_restarts) = (0, 0, 0, 0);
     let chaos = async {
@@ -175,6 +178,7 @@ async fn exactly_once_effects_under_kills_connection_losses_and_backend_terminat
                         .expect("terminate backends");
                     terminations += terminated.len();
                 }
+                _ if !published.load(std::sync::atomic::Ordering::SeqCst) => {}
                 _ => {
                     let run = |cmd: &str| {
                         std::process::Command::new("rabbitmqctl")
@@ -190,6 +194,15 @@ async fn exactly_once_effects_under_kills_connection_losses_and_backend_terminat
         }
     };
     futures::join!(publisher, chaos);
+    if broker_restarts > 0 {
+        // The test's own connection did not survive the broker restarts.
+        env.connection = worker_tests::amqp_connect().await;
+        env.channel = env.connection.create_channel().await.expect("channel");
+        env.channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm_select");
+    }
 
     // Calm: both workers up, everything drains.
     for slot in 0..2 {
