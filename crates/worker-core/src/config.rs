@@ -3,6 +3,8 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | broker |
+//! | `WORKER_AMQP_CA_FILE` | unset | `amqps://`: PEM file of CA certificates to trust besides the system's |
+//! | `WORKER_AMQP_CLIENT_IDENTITY`, `WORKER_AMQP_CLIENT_IDENTITY_PASSWORD` | unset | `amqps://`: client certificate and key as a PKCS#12 file, and its password |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | database |
 //! | `WORKER_EXCHANGE` | `events` | topic exchange producers publish to |
 //! | `WORKER_QUEUE_PREFIX` | empty | prepended to every queue name (isolates test runs) |
@@ -61,6 +63,28 @@ pub enum QueueType {
     Classic,
 }
 
+/// A secret setting: never printed (its `Debug` shows `***`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// TLS for `amqps://` broker URLs (rustls). The system's root certificates are trusted, plus
+/// `ca_file` when set; a client certificate is presented when `client_identity` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AmqpTls {
+    /// PEM file of extra CA certificates to trust (`WORKER_AMQP_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PKCS#12 (`.p12`) file with the client certificate and key (`WORKER_AMQP_CLIENT_IDENTITY`).
+    pub client_identity: Option<std::path::PathBuf>,
+    /// Password of the PKCS#12 file (`WORKER_AMQP_CLIENT_IDENTITY_PASSWORD`).
+    pub client_identity_password: Option<Secret>,
+}
+
 /// Overrides of a retry policy; `None` keeps what the handler declares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetryOverrides {
@@ -107,6 +131,8 @@ pub struct HandlerOverrides {
 pub struct WorkerConfig {
     /// Broker URL (may hold credentials: log it with [`redact_url`]).
     pub amqp_url: String,
+    /// TLS settings for `amqps://` URLs.
+    pub amqp_tls: AmqpTls,
     /// Database URL (may hold credentials: log it with [`redact_url`]).
     pub database_url: String,
     /// The topic exchange producers publish to.
@@ -146,6 +172,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_tls: AmqpTls::default(),
             database_url: DEFAULT_DATABASE_URL.into(),
             exchange: "events".into(),
             queue_prefix: String::new(),
@@ -172,6 +199,12 @@ impl WorkerConfig {
         let defaults = Self::default();
         Ok(Self {
             amqp_url: env_string("AMQP_URL").unwrap_or(defaults.amqp_url),
+            amqp_tls: AmqpTls {
+                ca_file: env_string("WORKER_AMQP_CA_FILE").map(Into::into),
+                client_identity: env_string("WORKER_AMQP_CLIENT_IDENTITY").map(Into::into),
+                client_identity_password: env_string("WORKER_AMQP_CLIENT_IDENTITY_PASSWORD")
+                    .map(Secret),
+            },
             database_url: env_string("DATABASE_URL").unwrap_or(defaults.database_url),
             exchange: env_string("WORKER_EXCHANGE").unwrap_or(defaults.exchange),
             queue_prefix: env_string("WORKER_QUEUE_PREFIX").unwrap_or(defaults.queue_prefix),

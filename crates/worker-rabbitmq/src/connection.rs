@@ -1,6 +1,9 @@
 //! Opening AMQP connections on the tokio runtime.
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
+use worker_core::config::AmqpTls;
+use worker_core::WorkerConfig;
 
 use crate::error::WorkerError;
 use worker_core::config::redact_url;
@@ -17,13 +20,49 @@ fn with_heartbeat(url: &str) -> String {
     format!("{url}{separator}heartbeat={DEFAULT_HEARTBEAT_SECS}")
 }
 
-/// Connects to `url`, naming the connection `name` (visible in the management UI).
-pub(crate) async fn connect(url: &str, name: &str) -> Result<Connection, WorkerError> {
+/// The client side of TLS for `amqps://` URLs, read from the configured files.
+fn tls_config(tls: &AmqpTls) -> Result<OwnedTLSConfig, WorkerError> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|source| WorkerError::TlsFile {
+            what: what.to_owned(),
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let cert_chain = match &tls.ca_file {
+        Some(path) => Some(
+            String::from_utf8_lossy(&read(path, "CA certificate file (WORKER_AMQP_CA_FILE)")?)
+                .into_owned(),
+        ),
+        None => None,
+    };
+    let identity = match &tls.client_identity {
+        Some(path) => Some(OwnedIdentity {
+            der: read(path, "client identity file (WORKER_AMQP_CLIENT_IDENTITY)")?,
+            password: tls
+                .client_identity_password
+                .as_ref()
+                .map(|p| p.0.clone())
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+/// Connects to `config`'s broker (TLS settings included), naming the connection `name` (visible in
+/// the management UI). Errors never show the password.
+pub(crate) async fn connect(config: &WorkerConfig, name: &str) -> Result<Connection, WorkerError> {
+    let url = config.amqp_url.as_str();
+    let tls = tls_config(&config.amqp_tls)?;
     let properties = ConnectionProperties::default()
         .with_connection_name(name.into())
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
-    Connection::connect(&with_heartbeat(url), properties)
+    Connection::connect_with_config(&with_heartbeat(url), properties, tls)
         .await
         .map_err(|source| WorkerError::Connect {
             url: redact_url(url),

@@ -49,6 +49,16 @@ pub enum WorkerError {
         /// The handler.
         handler: String,
     },
+    /// A TLS file could not be read.
+    #[error("cannot read the {what} at {path}: {source}")]
+    TlsFile {
+        /// Which file.
+        what: String,
+        /// Where.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The metrics endpoint could not listen.
     #[error("cannot serve metrics on {addr}: {source} (set WORKER_METRICS_ADDR to another address, or `off`)")]
     MetricsEndpoint {

@@ -187,7 +187,6 @@ fn spawn_with(
 /// again after it is lost.
 #[derive(Debug)]
 struct RabbitSink {
-    url: String,
     name: String,
     config: WorkerConfig,
     state: Mutex<Option<(Arc<Connection>, Arc<Publisher>)>>,
@@ -196,7 +195,6 @@ struct RabbitSink {
 impl RabbitSink {
     fn new(config: &WorkerConfig) -> Self {
         Self {
-            url: config.amqp_url.clone(),
             name: format!("{}-outbox-relay", config.consumer),
             config: config.clone(),
             state: Mutex::new(None),
@@ -210,7 +208,7 @@ impl RabbitSink {
                 return Ok(Arc::clone(publisher));
             }
         }
-        let connection = Arc::new(connect(&self.url, &self.name).await?);
+        let connection = Arc::new(connect(&self.config, &self.name).await?);
         let channel = connection
             .create_channel()
             .await

@@ -59,7 +59,7 @@ pub(crate) struct Leftovers {
 impl Blueprint {
     /// Connects, declares the topology and starts every handler's consumer.
     pub(crate) async fn open(&self) -> Result<Session, WorkerError> {
-        let connection = Arc::new(connect(&self.config.amqp_url, &self.config.consumer).await?);
+        let connection = Arc::new(connect(&self.config, &self.config.consumer).await?);
         let health = Arc::clone(&self.health);
         connection.on_error(move |error| {
             tracing::error!(%error, "RabbitMQ connection lost");

@@ -88,11 +88,7 @@ async fn wait_until_consuming(connection: &Connection, setup: &Setup) {
 }
 
 pub(super) async fn open(setup: &Setup) -> Result<Connection, WorkerError> {
-    connect(
-        &setup.config.amqp_url,
-        &format!("{}-cli", setup.config.consumer),
-    )
-    .await
+    connect(&setup.config, &format!("{}-cli", setup.config.consumer)).await
 }
 
 fn no_demo() -> CliError {
