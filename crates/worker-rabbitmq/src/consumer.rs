@@ -130,10 +130,13 @@ impl HandlerRunner {
                     })
                 }
             };
-            let permit = Arc::clone(in_flight)
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
+            // Never wait for a slot past a stop request: the delivery stays unacked and goes back to
+            // the queue when the channel closes.
+            let permit = tokio::select! {
+                biased;
+                _ = stop.consuming.cancelled() => break,
+                permit = Arc::clone(in_flight).acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
             let runner = Arc::clone(self);
             let abandon = stop.abandon.clone();
             stop.tasks.spawn(async move {
