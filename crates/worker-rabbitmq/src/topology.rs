@@ -140,7 +140,9 @@ pub async fn declare_handler(
         .queue_declare(&names.work, durable, work_queue_args(config, &names))
         .await
         .map_err(WorkerError::broker(format!(
-            "declare work queue `{}`",
+            "declare work queue `{}` (PRECONDITION_FAILED means it exists with other arguments, e.g. from an \
+             older version without a delivery limit: drain and delete it, or set WORKER_DELIVERY_LIMIT=off and \
+             WORKER_QUEUE_TYPE to match it)",
             names.work
         )))?;
     channel
