@@ -56,7 +56,17 @@ pub fn init(service: &str) -> TelemetryGuard {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
+        // Readable lines: the semantic-convention attributes (dotted names: `messaging.*`,
+        // `otel.*`, `worker.*`) are for trace backends; the log keeps handler, event id, attempt
+        // and trace id.
+        let fields =
+            tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
+                name if name.contains('.') => Ok(()),
+                "message" => write!(writer, " {value:?}"),
+                name => write!(writer, " {name}={value:?}"),
+            });
         tracing_subscriber::fmt::layer()
+            .fmt_fields(fields)
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed()
