@@ -18,6 +18,9 @@ pub struct Scripted {
     pub panic: bool,
     /// Sleep this long before finishing (to keep a delivery in flight).
     pub sleep_ms: u64,
+    /// Fail retryably while the attempts recorded for this event (across replays) number at
+    /// most this many: an event that exhausts its retries and then succeeds when replayed.
+    pub fail_total: i64,
     /// Abort the whole process (a crash loop: the worker dies on this event every time).
     pub abort: bool,
 }
@@ -80,6 +83,21 @@ pub async fn scripted(
         tokio::time::sleep(Duration::from_millis(event.sleep_ms)).await;
     }
     scripted_failure(&event, ctx)?;
+    if event.fail_total > 0 {
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM attempts WHERE event_id = $1 AND handler = $2",
+        )
+        .bind(ctx.event_id())
+        .bind(ctx.handler())
+        .fetch_one(ctx.pool())
+        .await?;
+        if recorded <= event.fail_total {
+            return Err(HandlerError::retryable(format!(
+                "ScriptedFailure: attempt {recorded} of {} fails",
+                event.fail_total
+            )));
+        }
+    }
     sqlx::query("INSERT INTO effects (event_id, handler) VALUES ($1, $2)")
         .bind(ctx.event_id())
         .bind(ctx.handler())

@@ -1,0 +1,125 @@
+//! The command line.
+
+use clap::{Parser, ValueEnum};
+use worker_core::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
+
+/// Measures the framework against bare lapin and a hand-written lapin + sqlx consumer.
+///
+/// Four scenarios run one after the other, each in a child process of this binary (so the peak
+/// RSS reported is that scenario's alone), each on its own queue in a fresh namespace (exchange
+/// `events.<id>`, queues `<id>.*`, schema `<id>`) that is removed at the end:
+///
+///   a  bare lapin: decode + ack per message, the consume loop in a spawned task
+///   b  the framework: `#[handler]` no-op handler, no dedup
+///   c  hand-written lapin + sqlx: per message one transaction with the dedup insert
+///      (INSERT .. ON CONFLICT DO NOTHING RETURNING) and one business insert
+///   d  the framework with `dedup` and the same business insert
+///
+/// By default all events are published first (a backlog) and then consumed; with `--rate` they
+/// are published at that rate while the scenario consumes. Latency is publish-to-done: the
+/// publish time travels in the `x-bench-published-us` header; done is after the ack (a, c) or the
+/// framework's `Observer::settled` (b, d). Exits 1 when a check fails: every delivery settled
+/// and acked, queues empty, and for c and d exactly one business row and one dedup row per event
+/// id (duplicates are published on purpose, see `--duplicates`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "worker-bench", verbatim_doc_comment)]
+pub struct Args {
+    /// Distinct events published per scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+
+    /// Extra copies (same message_id) of the first events, in percent of --messages, published
+    /// after the originals: a consumer without working dedup fails the check of c and d.
+    #[arg(long, default_value_t = 1, value_name = "PERCENT")]
+    pub duplicates: u64,
+
+    /// Deliveries in flight: the prefetch of every consumer and the concurrency of c and of the
+    /// framework's handlers; the same for all scenarios.
+    #[arg(long, default_value_t = 16)]
+    pub in_flight: u16,
+
+    /// Publish at this many messages per second while consuming (no backlog), to measure
+    /// latency at a steady load; e.g. `--rate 500 --messages 5000`.
+    #[arg(long, value_name = "MSG_PER_S")]
+    pub rate: Option<u32>,
+
+    /// Which scenarios to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    pub scenarios: Vec<Scenario>,
+
+    /// Approximate size of each JSON payload in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+
+    /// Give up on a scenario that has not finished after this many seconds.
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub timeout: u64,
+
+    /// RabbitMQ.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+
+    /// PostgreSQL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Internal: run one scenario's consumer in this process and report on stdout.
+    #[arg(long, hide = true)]
+    pub child: Option<Scenario>,
+
+    /// Internal: the namespace id the child consumes in.
+    #[arg(long, hide = true)]
+    pub namespace: Option<String>,
+}
+
+impl Args {
+    /// Copies of earlier event ids published after the originals.
+    pub fn duplicate_count(&self) -> u64 {
+        self.messages * self.duplicates / 100
+    }
+
+    /// Deliveries per scenario: the events plus their duplicates.
+    pub fn deliveries(&self) -> u64 {
+        self.messages + self.duplicate_count()
+    }
+}
+
+/// One of the measured consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Bare lapin: decode + ack.
+    A,
+    /// The framework, no-op handler.
+    B,
+    /// Hand-written lapin + sqlx with dedup.
+    C,
+    /// The framework with dedup.
+    D,
+}
+
+impl Scenario {
+    /// The letter used on the command line.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Self::A => "a",
+            Self::B => "b",
+            Self::C => "c",
+            Self::D => "d",
+        }
+    }
+
+    /// A line for the table.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::A => "(a) bare lapin, ack each",
+            Self::B => "(b) framework, no-op",
+            Self::C => "(c) lapin+sqlx, tx/msg",
+            Self::D => "(d) framework, dedup",
+        }
+    }
+
+    /// Whether the scenario writes rows that the exactly-once check counts.
+    pub fn writes(self) -> bool {
+        matches!(self, Self::C | Self::D)
+    }
+}

@@ -1,0 +1,89 @@
+//! (b) and (d): the framework itself, a `Worker` with one `#[handler]`, timed by an observer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use worker_core::message::headers::HeaderValue;
+use worker_core::observer::Settlement;
+use worker_core::{handler, Context, HandlerError, InboundMessage, Observer};
+use worker_rabbitmq::Worker;
+
+use crate::cli::Scenario;
+use crate::event::{seq_of, BenchEvent, PUBLISHED_HEADER};
+use crate::namespace::Namespace;
+use crate::recorder::Recorder;
+use crate::BoxError;
+
+/// (b): decodes the event and does nothing.
+#[handler(event = "BenchNoop", name = "noop")]
+pub async fn noop(event: BenchEvent) -> Result<(), HandlerError> {
+    let _ = event;
+    Ok(())
+}
+
+/// (d): the business insert, in the dedup transaction.
+#[handler(event = "BenchDedup", name = "dedup", dedup)]
+pub async fn dedup_insert(
+    event: BenchEvent,
+    tx: &mut PgConnection,
+    ctx: &Context,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "INSERT INTO bench_effects (event_id, scenario, order_id, amount) VALUES ($1, 'd', $2, $3)",
+    )
+    .bind(ctx.event_id())
+    .bind(&event.order_id)
+    .bind(event.amount)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Feeds the recorder: the publish time from the headers at `received`, done at `settled`.
+#[derive(Debug)]
+struct Timing(Arc<Recorder>);
+
+impl Observer for Timing {
+    fn received(&self, _handler: &str, message: &InboundMessage) {
+        self.0.received();
+        let seq = message.properties.message_id.as_deref().and_then(seq_of);
+        let published = match message.properties.headers.get(PUBLISHED_HEADER) {
+            Some(HeaderValue::I64(us)) => u64::try_from(*us).ok(),
+            _ => None,
+        };
+        if let (Some(seq), Some(published)) = (seq, published) {
+            self.0.hold(seq, published);
+        }
+    }
+
+    fn settled(&self, settlement: &Settlement<'_>) {
+        let published = settlement
+            .event_id
+            .and_then(seq_of)
+            .and_then(|seq| self.0.take(seq));
+        let ok = settlement.acked && matches!(settlement.outcome, "ok" | "duplicate");
+        self.0.done(published, ok);
+    }
+}
+
+/// Runs the worker with scenario `scenario`'s handler until `recorder` is complete.
+pub async fn run(
+    scenario: Scenario,
+    namespace: &Namespace,
+    recorder: &Arc<Recorder>,
+    timeout: Duration,
+) -> Result<(), BoxError> {
+    let builder = Worker::builder()
+        .config(namespace.config.clone())
+        .observer(Timing(Arc::clone(recorder)));
+    let builder = match scenario {
+        Scenario::D => builder.handler(dedup_insert),
+        _ => builder.handler(noop),
+    };
+    let worker = builder.start().await?;
+    super::ready();
+    let _ = recorder.wait(timeout).await;
+    worker.shutdown().await?;
+    Ok(())
+}
