@@ -556,7 +556,7 @@ async fn replay(
         if let (Some(pause), true) = (pause, i > 0) {
             tokio::time::sleep(pause).await;
         }
-        let message = match replay_message(record) {
+        let mut message = match replay_message(record) {
             Ok(message) => message,
             Err(source) => {
                 console.warn(format!(
@@ -573,7 +573,31 @@ async fn replay(
         };
         // Confirmed first, removed second: a crash in between leaves the entry in the DLQ
         // as well (replaying it again is harmless: dedup).
-        if let Err(source) = publisher.publish("", &held.names.work, &message).await {
+        // A producer span for the replay; the replayed attempt continues the event's trace under it.
+        let span = tracing::info_span!(
+            "publish",
+            "otel.name" = %format_args!("publish {} (replay)", held.names.work),
+            "otel.kind" = "producer",
+            "messaging.system" = "rabbitmq",
+            "messaging.operation.name" = "publish",
+            "messaging.operation.type" = "send",
+            "messaging.destination.name" = "",
+            "messaging.rabbitmq.destination.routing_key" = %held.names.work,
+            "messaging.message.id" = entry.event_id().as_deref().unwrap_or(""),
+            "worker.replay" = true,
+        );
+        let traceparent = worker_core::telemetry::propagation::traceparent(
+            &span,
+            &record.failure_metadata.trace_id,
+        );
+        message.properties.headers.insert(
+            worker_core::retry::attempts::WORKER_TRACEPARENT_HEADER.into(),
+            worker_core::HeaderValue::string(traceparent),
+        );
+        if let Err(source) =
+            tracing::Instrument::instrument(publisher.publish("", &held.names.work, &message), span)
+                .await
+        {
             failure = Some(DlqError::Publish {
                 queue: held.names.work.clone(),
                 event_id: entry.event_id(),
