@@ -275,6 +275,9 @@ fn print_table(args: &Args, rows: &[Row]) {
             .map(|r| r.report.per_second)
     };
     println!();
+    if args.rate.is_some() {
+        println!("(at a fixed publish rate every scenario keeps up, so the throughput ratios say nothing; compare latency)");
+    }
     if let (Some(a), Some(b)) = (rate(Scenario::A), rate(Scenario::B)) {
         println!("b/a = {:.2}  (target >= 1.0)", b / a);
     }
