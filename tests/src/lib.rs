@@ -3,6 +3,7 @@
 //! removed when its [`TestEnv`] is dropped, even when the test fails.
 
 pub mod handlers;
+pub mod partitioned;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -283,6 +284,12 @@ impl Drop for TestEnv {
                 let _ = channel
                     .exchange_delete(&exchange, ExchangeDeleteOptions::default())
                     .await;
+                // Exchanges a worker declares per handler (partitioned handlers' hash exchanges).
+                for exchange in list_exchanges(&prefix) {
+                    let _ = channel
+                        .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                        .await;
+                }
                 let _ = connection.close(200, "test cleanup").await;
                 if let Ok(admin) = PgPoolOptions::new()
                     .max_connections(1)
@@ -302,8 +309,17 @@ impl Drop for TestEnv {
 
 /// Every queue whose name starts with `prefix`, as `rabbitmqctl` lists them.
 fn list_queues(prefix: &str) -> Vec<String> {
+    list_named("list_queues", prefix)
+}
+
+/// Every exchange whose name starts with `prefix`, as `rabbitmqctl` lists them.
+fn list_exchanges(prefix: &str) -> Vec<String> {
+    list_named("list_exchanges", prefix)
+}
+
+fn list_named(what: &str, prefix: &str) -> Vec<String> {
     let output = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .args([what, "-q", "--no-table-headers", "name"])
         .output();
     match output {
         Ok(output) => String::from_utf8_lossy(&output.stdout)

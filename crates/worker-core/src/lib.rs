@@ -43,6 +43,7 @@ pub mod handler;
 pub mod message;
 pub mod observer;
 pub mod outbox;
+pub mod partition;
 pub mod pipeline;
 pub mod registry;
 pub mod retry;

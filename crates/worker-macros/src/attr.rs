@@ -19,10 +19,16 @@ mod kw {
     syn::custom_keyword!(base);
     syn::custom_keyword!(cap);
     syn::custom_keyword!(jitter);
+    syn::custom_keyword!(partition_key);
+    syn::custom_keyword!(partitions);
 }
 
 /// The keys `#[handler]` understands, in the order the docs list them.
-const KEYS: &str = "event, dedup, retry, name, concurrency, base, cap, jitter";
+const KEYS: &str =
+    "event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions";
+
+/// Most partitions a handler may declare (worker-core's `partition::MAX_PARTITIONS`).
+const MAX_PARTITIONS: u32 = 256;
 
 /// Longest handler name: it becomes part of queue names, which AMQP limits to 255 bytes.
 pub(crate) const MAX_NAME_LEN: usize = 200;
@@ -43,9 +49,15 @@ pub(crate) struct Args {
     pub(crate) retry: Option<u32>,
     pub(crate) name: Option<String>,
     pub(crate) concurrency: Option<u32>,
+    /// Where `concurrency` was written, to point at it.
+    concurrency_at: Option<Expr>,
     pub(crate) base: Option<Setting<u64>>,
     pub(crate) cap: Option<Setting<u64>>,
     pub(crate) jitter: Option<u64>,
+    /// The payload field partitioned events are keyed by, with its literal to point at it.
+    pub(crate) partition_key: Option<Setting<String>>,
+    /// How many partition queues, with its literal to point at it.
+    pub(crate) partitions: Option<Setting<u32>>,
     /// The keys written so far, valid or not.
     seen: Vec<&'static str>,
     /// What is wrong with the arguments, beyond syntax.
@@ -108,6 +120,7 @@ impl Args {
         } else if input.peek(kw::concurrency) {
             let (key, value) = key_value::<kw::concurrency>(input, "concurrency = 8")?;
             let concurrency = positive(&value, "concurrency", "`concurrency` must be at least 1");
+            self.concurrency_at.get_or_insert_with(|| value.clone());
             self.set(key, "concurrency", concurrency, |args, v| {
                 args.concurrency = Some(v)
             });
@@ -138,6 +151,45 @@ impl Args {
             let (key, value) = key_value::<kw::jitter>(input, "jitter = 1s")?;
             let jitter = delay(&value, "jitter");
             self.set(key, "jitter", jitter, |args, v| args.jitter = Some(v));
+        } else if input.peek(kw::partition_key) {
+            let (key, value) =
+                key_value::<kw::partition_key>(input, "partition_key = \"orderId\"")?;
+            let field = string(&value, "partition_key", "partition_key = \"orderId\"").and_then(|lit| {
+                let field = lit.value();
+                if field.is_empty() {
+                    Err(syn::Error::new_spanned(
+                        &lit,
+                        "`partition_key` cannot be empty: it names the payload field that identifies the entity",
+                    ))
+                } else {
+                    Ok(Setting {
+                        value: field,
+                        expr: value.clone(),
+                    })
+                }
+            });
+            self.set(key, "partition_key", field, |args, v| {
+                args.partition_key = Some(v)
+            });
+        } else if input.peek(kw::partitions) {
+            let (key, value) = key_value::<kw::partitions>(input, "partitions = 8")?;
+            let partitions = positive(&value, "partitions", "`partitions` must be at least 1")
+                .and_then(|n| {
+                    if n > MAX_PARTITIONS {
+                        Err(syn::Error::new_spanned(
+                            &value,
+                            format_args!("`partitions` is at most {MAX_PARTITIONS}: each partition is a queue with its own consumer"),
+                        ))
+                    } else {
+                        Ok(Setting {
+                            value: n,
+                            expr: value.clone(),
+                        })
+                    }
+                });
+            self.set(key, "partitions", partitions, |args, v| {
+                args.partitions = Some(v)
+            });
         } else {
             let key = input.call(Ident::parse_any)?;
             if input.peek(Token![=]) {
@@ -179,8 +231,26 @@ impl Args {
         }
     }
 
-    /// Checks what no single key can: that `cap` is not below `base`.
+    /// Checks what no single key can: that `cap` is not below `base`, and that `partition_key`
+    /// and `partitions` come together and without `concurrency`.
     fn check_together(&mut self) {
+        match (&self.partition_key, &self.partitions) {
+            (Some(key), None) => self.errors.at(
+                &key.expr,
+                "`partition_key` needs `partitions = N` too: how many partition queues to spread the entities over",
+            ),
+            (None, Some(n)) => self.errors.at(
+                &n.expr,
+                "`partitions` needs `partition_key = \"field\"` too: the payload field that identifies the entity",
+            ),
+            _ => {}
+        }
+        if let (true, Some(at)) = (self.seen.contains(&"partitions"), &self.concurrency_at) {
+            self.errors.at(
+                at,
+                "`concurrency` cannot be set on a partitioned handler: it handles one event per partition at a time, so its concurrency is `partitions`",
+            );
+        }
         if let (Some(base), Some(cap)) = (&self.base, &self.cap) {
             if cap.value < base.value {
                 self.errors.at(
@@ -348,8 +418,8 @@ mod tests {
                 "`event` cannot be empty: it is the routing key",
                 "`retry` counts all attempts, the first included, so it must be at least 1 (`retry = 1` means no retries)",
                 "`retry` set twice",
-                "unknown `#[handler]` key `foo`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter",
-                "unknown `#[handler]` key `bar`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter",
+                "unknown `#[handler]` key `foo`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions",
+                "unknown `#[handler]` key `bar`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions",
                 "`base` must be greater than zero",
                 "`jitter`: unknown duration unit `h` in `2h`; use `ms`, `s` or `m`",
             ]
@@ -377,6 +447,29 @@ mod tests {
         assert!(errors("base = 2s, cap = 2s").is_empty());
         assert!(syn::parse_str::<Args>("retry 3").is_err());
         assert!(syn::parse_str::<Args>("retry = 3 dedup").is_err());
+    }
+
+    #[test]
+    fn partitions() {
+        let args = parse(r#"event = "OrderShipped", partition_key = "orderId", partitions = 8"#);
+        assert!(args.errors.finish().is_ok());
+        let args = parse(r#"event = "OrderShipped", partition_key = "orderId", partitions = 8"#);
+        assert_eq!(
+            args.partition_key.map(|k| k.value).as_deref(),
+            Some("orderId")
+        );
+        assert_eq!(args.partitions.map(|n| n.value), Some(8));
+        assert_eq!(
+            errors(r#"partition_key = "orderId""#),
+            ["`partition_key` needs `partitions = N` too: how many partition queues to spread the entities over"]
+        );
+        assert!(errors("partitions = 4")[0].starts_with("`partitions` needs `partition_key"));
+        assert_eq!(errors(r#"partition_key = "", partitions = 0"#).len(), 2);
+        assert!(errors(r#"partition_key = "k", partitions = 257"#)[0].contains("at most 256"));
+        assert!(
+            errors(r#"partition_key = "k", partitions = 2, concurrency = 4"#)[0]
+                .starts_with("`concurrency` cannot be set on a partitioned handler")
+        );
     }
 
     #[test]

@@ -234,9 +234,20 @@ fn spec(args: &Args, name: &str) -> TokenStream {
     } else {
         quote!(::worker_core::RetryPolicy { #(#retry_fields)* ..::worker_core::RetryPolicy::DEFAULT })
     };
-    let concurrency = match args.concurrency {
-        Some(n) => (n as usize).into_token_stream(),
-        None => quote!(::worker_core::handler::DEFAULT_CONCURRENCY),
+    let concurrency = match (args.concurrency, &args.partitions) {
+        (_, Some(partitions)) => (partitions.value as usize).into_token_stream(),
+        (Some(n), None) => (n as usize).into_token_stream(),
+        (None, None) => quote!(::worker_core::handler::DEFAULT_CONCURRENCY),
+    };
+    let partition = match (&args.partition_key, &args.partitions) {
+        (Some(key), Some(partitions)) => {
+            let (key, partitions) = (&key.value, partitions.value as u16);
+            quote!(::core::option::Option::Some(::worker_core::partition::Partitioning {
+                key: #key,
+                partitions: #partitions,
+            }))
+        }
+        _ => quote!(::core::option::Option::None),
     };
     // Only one of `base` and `cap` given: the other is the default, known to worker-core only.
     let bounds = match (&args.base, &args.cap) {
@@ -268,6 +279,7 @@ fn spec(args: &Args, name: &str) -> TokenStream {
             dedup: #dedup,
             retry: #retry,
             concurrency: #concurrency,
+            partition: #partition,
         }
     }
 }

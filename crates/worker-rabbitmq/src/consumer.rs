@@ -21,6 +21,7 @@ use worker_core::{Disposition, InboundMessage};
 
 use crate::convert;
 use crate::error::WorkerError;
+use crate::partition;
 use crate::publisher::Publisher;
 use crate::settle::{self, Settled};
 use crate::topology::QueueNames;
@@ -58,8 +59,14 @@ impl HandlerRunner {
         let queue = match source {
             Source::Work => self.names.work.clone(),
             Source::DeliveryLimit => self.names.delivery_limit.clone(),
+            Source::Partition(k) => self.names.partition(k),
         };
-        let prefetch = u16::try_from(self.spec.concurrency).unwrap_or(u16::MAX);
+        // A partition queue has one delivery in flight: that is what keeps its entities in order.
+        let slots = match source {
+            Source::Partition(_) => 1,
+            _ => self.spec.concurrency,
+        };
+        let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
@@ -73,7 +80,7 @@ impl HandlerRunner {
             )
             .await
             .map_err(WorkerError::broker(format!("consume `{queue}`")))?;
-        let in_flight = Arc::new(Semaphore::new(self.spec.concurrency));
+        let in_flight = Arc::new(Semaphore::new(slots));
         let counts_for_readiness = source == Source::Work;
         if counts_for_readiness {
             self.health.consumer_started();
@@ -138,16 +145,22 @@ impl HandlerRunner {
                 permit = Arc::clone(in_flight).acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let runner = Arc::clone(self);
-            let abandon = stop.abandon.clone();
+            let (abandon, consuming) = (stop.abandon.clone(), stop.consuming.clone());
             stop.tasks.spawn(async move {
-                runner.handle(delivery, abandon, source).await;
+                runner.handle(delivery, abandon, consuming, source).await;
                 drop(permit);
             });
         }
         Ok(())
     }
 
-    async fn handle(&self, delivery: Delivery, abandon: CancellationToken, source: Source) {
+    async fn handle(
+        &self,
+        delivery: Delivery,
+        abandon: CancellationToken,
+        consuming: CancellationToken,
+        source: Source,
+    ) {
         let acker = delivery.acker.clone();
         let message = convert::inbound(delivery);
         let event_id = message.properties.message_id.clone();
@@ -162,6 +175,10 @@ impl HandlerRunner {
             acked,
             duration: started.elapsed(),
         };
+        if let Some(settled) = partition::forward_replay(self, &acker, &message, source).await {
+            observer.settled(&settlement("forwarded", None, settled == Settled::Acked));
+            return;
+        }
         let disposition = tokio::select! {
             biased;
             _ = abandon.cancelled() => {
@@ -170,7 +187,12 @@ impl HandlerRunner {
                 observer.settled(&settlement("abandoned", None, false));
                 return;
             }
-            disposition = self.disposition(&message, source) => disposition,
+            disposition = async {
+                match source {
+                    Source::Partition(k) => partition::process_in_place(self, &message, k, &consuming).await,
+                    _ => self.disposition(&message, source).await,
+                }
+            } => disposition,
         };
         let done = settlement(disposition.outcome_name(), disposition.error_kind(), false);
         let settled = settle::settle(&acker, &disposition, &self.names, &self.publisher).await;
@@ -183,7 +205,11 @@ impl HandlerRunner {
     /// The pipeline's verdict. While the database cannot even begin a transaction, the delivery
     /// is held (not acked, not requeued: requeueing would count against the delivery limit) and
     /// retried with backoff, so an outage pauses this consumer slot instead of spending attempts.
-    async fn disposition(&self, message: &InboundMessage, source: Source) -> Disposition {
+    pub(crate) async fn disposition(
+        &self,
+        message: &InboundMessage,
+        source: Source,
+    ) -> Disposition {
         if source == Source::DeliveryLimit {
             return delivery_limit::delivery_limit_exceeded(&self.spec, &self.runtime, message);
         }
@@ -212,6 +238,8 @@ pub(crate) enum Source {
     Work,
     /// Messages the broker dead-lettered past the delivery limit, to be recorded in the DLQ.
     DeliveryLimit,
+    /// Partition queue `k` of a partitioned handler (one delivery at a time, retries in place).
+    Partition(u16),
 }
 
 /// Backoff while the database is unavailable.

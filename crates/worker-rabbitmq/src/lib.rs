@@ -30,6 +30,7 @@ pub mod demo;
 pub mod dlq;
 mod error;
 mod lag;
+mod partition;
 mod publisher;
 pub mod relay;
 mod session;

@@ -93,7 +93,7 @@ impl Blueprint {
             watched.push(Watched {
                 handler: spec.name,
                 names: names.clone(),
-                delay_levels: spec.retry.level_count(),
+                delay_levels: topology::delay_levels(spec),
             });
             let runner = Arc::new(HandlerRunner {
                 health: Arc::clone(&self.health),
@@ -116,6 +116,26 @@ impl Blueprint {
                 consumers.spawn(async move {
                     let result = runner
                         .consume(channel.clone(), tag, stop, Source::DeliveryLimit)
+                        .await;
+                    (channel, result)
+                });
+            }
+            // A partitioned handler: one channel and consumer per partition queue; the broker
+            // makes one consumer per queue active across all workers (single active consumer).
+            let partitions = spec.partition.map_or(0, |p| p.partitions);
+            for k in 0..partitions {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(WorkerError::broker("open a partition consumer channel"))?;
+                let (runner, stop, tag) = (
+                    Arc::clone(&runner),
+                    self.stop.clone(),
+                    format!("{tag}-p{k}"),
+                );
+                consumers.spawn(async move {
+                    let result = runner
+                        .consume(channel.clone(), tag, stop, Source::Partition(k))
                         .await;
                     (channel, result)
                 });

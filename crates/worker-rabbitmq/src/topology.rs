@@ -59,7 +59,7 @@ fn text(value: &str) -> AMQPValue {
 /// The work queue's arguments: its type and, for quorum queues with a delivery limit, where the
 /// broker dead-letters a message redelivered past the limit (a crash loop). At-least-once
 /// dead-lettering keeps the message until the delivery-limit queue has it.
-fn work_queue_args(config: &WorkerConfig, names: &QueueNames) -> FieldTable {
+pub(crate) fn work_queue_args(config: &WorkerConfig, names: &QueueNames) -> FieldTable {
     let mut args = queue_type_args(config.queue_type);
     if let (QueueType::Quorum, Some(limit)) = (config.queue_type, config.delivery_limit) {
         args.insert(
@@ -145,19 +145,24 @@ pub async fn declare_handler(
              WORKER_QUEUE_TYPE to match it)",
             names.work
         )))?;
-    channel
-        .queue_bind(
-            &names.work,
-            &config.exchange,
-            spec.event_type,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(WorkerError::broker(format!(
-            "bind `{}` to `{}` with `{}`",
-            names.work, config.exchange, spec.event_type
-        )))?;
+    if let Some(partitioning) = &spec.partition {
+        // Partitioned: events reach the partition queues; `h` only takes replays.
+        crate::partition::declare(channel, config, spec, partitioning, &names).await?;
+    } else {
+        channel
+            .queue_bind(
+                &names.work,
+                &config.exchange,
+                spec.event_type,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(WorkerError::broker(format!(
+                "bind `{}` to `{}` with `{}`",
+                names.work, config.exchange, spec.event_type
+            )))?;
+    }
     channel
         .queue_declare(&names.dlq, durable, queue_type_args(QueueType::Classic))
         .await
@@ -165,7 +170,7 @@ pub async fn declare_handler(
             "declare dead-letter queue `{}` (classic; if it exists as a quorum queue from an older version, move its records elsewhere and delete it)",
             names.dlq
         )))?;
-    for level in 1..=spec.retry.level_count() {
+    for level in 1..=delay_levels(spec) {
         let name = names.delay(level);
         let mut args = FieldTable::default();
         args.insert(
@@ -182,6 +187,15 @@ pub async fn declare_handler(
             .map_err(WorkerError::broker(format!("declare delay queue `{name}`")))?;
     }
     Ok(names)
+}
+
+/// How many delay queues a handler has: none for a partitioned handler, which retries in place.
+pub(crate) fn delay_levels(spec: &HandlerSpec) -> u32 {
+    if spec.partition.is_some() {
+        0
+    } else {
+        spec.retry.level_count()
+    }
 }
 
 #[cfg(test)]

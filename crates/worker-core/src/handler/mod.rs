@@ -33,8 +33,12 @@ pub struct HandlerSpec {
     pub dedup: bool,
     /// Maximum attempts in total and the backoff schedule between them.
     pub retry: RetryPolicy,
-    /// How many deliveries of this handler may be in flight at once.
+    /// How many deliveries of this handler may be in flight at once (for a partitioned handler:
+    /// its partition count, one delivery per partition).
     pub concurrency: usize,
+    /// `Some` for a partitioned handler: one queue per partition, one event of an entity at a
+    /// time, retries in place (see [`crate::partition`]).
+    pub partition: Option<crate::partition::Partitioning>,
 }
 
 impl HandlerSpec {
@@ -47,6 +51,7 @@ impl HandlerSpec {
             dedup: false,
             retry: RetryPolicy::DEFAULT,
             concurrency: DEFAULT_CONCURRENCY,
+            partition: None,
         }
     }
 

@@ -138,6 +138,18 @@ async fn run<H: Handler>(
             )
         }
     };
+    if let Some(partitioning) = &spec.partition {
+        if let Err(problem) = crate::partition::key_of(partitioning, message) {
+            return failure::dead_letter(
+                spec,
+                runtime,
+                message,
+                envelope,
+                &problem.to_string(),
+                crate::ErrorKind::Poison,
+            );
+        }
+    }
     let ctx = envelope.context(event_id, spec, runtime.pool.clone());
     match transaction::run(handler, spec, runtime, event, &ctx).await {
         transaction::Outcome::Done => Disposition::Processed,

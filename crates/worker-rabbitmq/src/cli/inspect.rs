@@ -183,7 +183,29 @@ pub(super) async fn topology(
         ]);
         json_queues.push(json!({"name": names.work, "type": work_type, "handler": spec.name,
             "role": "work", "boundTo": {"exchange": config.exchange, "routingKey": spec.event_type}}));
-        for level in 1..=spec.retry.level_count() {
+        if let Some(partitioning) = spec.partition {
+            let exchange = names.partition_exchange();
+            for k in 0..partitioning.partitions {
+                let queue = names.partition(k);
+                rows.push(vec![
+                    (queue.clone(), Colour::Plain),
+                    (format!("{work_type}, single active consumer"), Colour::Plain),
+                    (
+                        format!(
+                            "partition {k} ← {exchange} (consistent hash of x-partition-key) ← {} ({})",
+                            config.exchange, spec.event_type
+                        ),
+                        Colour::Plain,
+                    ),
+                ]);
+                json_queues.push(
+                    json!({"name": queue, "type": work_type, "handler": spec.name,
+                    "role": "partition", "singleActiveConsumer": true,
+                    "boundTo": {"exchange": exchange, "routingKey": "1"}}),
+                );
+            }
+        }
+        for level in 1..=crate::topology::delay_levels(spec) {
             let delay = spec.retry.base_delay(level);
             rows.push(vec![
                 (names.delay(level), Colour::Dim),

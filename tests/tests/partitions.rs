@@ -1,0 +1,252 @@
+//! Partitioned handlers: the events of one key are handled one at a time in publish order across
+//! several worker processes, retries are held in place, poison dead-letters and the key goes on,
+//! and a second worker takes a partition over when the active one is killed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use serde_json::{json, Value};
+use tokio::process::Child;
+use worker_tests::{eventually, TestEnv};
+
+const HANDLER: &str = "sequenced";
+const PARTITIONS: u16 = 8;
+
+fn spawn_worker(env: &TestEnv, label: &str) -> Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_partition_worker"))
+        .envs(env.worker_env())
+        .env("PARTITION_WORKER", label)
+        .env("WORKER_CONSUMER", label)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn partition_worker")
+}
+
+/// Waits until every partition queue has `n` consumers (one active, the others standing by).
+/// Counted by `rabbitmqctl`: a passive declare counts only the active consumer of such a queue.
+async fn wait_consumers(env: &TestEnv, n: u32) {
+    let work = env.queue(HANDLER);
+    eventually(&format!("{n} consumers on every partition"), || async {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "consumers",
+            ])
+            .output()
+            .expect("rabbitmqctl");
+        let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+        (0..PARTITIONS).all(|k| {
+            let queue = format!("{work}.p{k}");
+            listing.lines().any(|line| {
+                let mut fields = line.split_whitespace();
+                fields.next() == Some(queue.as_str())
+                    && fields.next().and_then(|c| c.parse::<u32>().ok()) >= Some(n)
+            })
+        })
+    })
+    .await;
+}
+
+/// Publishes like a producer in any language: routing key = event type, `x-partition-key` = key.
+async fn publish(env: &TestEnv, event_id: &str, payload: Value, key: Option<&str>) {
+    let mut headers = FieldTable::default();
+    if let Some(key) = key {
+        headers.insert(
+            ShortString::from("x-partition-key"),
+            AMQPValue::LongString(LongString::from(key)),
+        );
+    }
+    let properties = BasicProperties::default()
+        .with_message_id(ShortString::from(event_id))
+        .with_content_type(ShortString::from("application/json"))
+        .with_headers(headers);
+    let body = serde_json::to_vec(&payload).expect("json");
+    env.publish("Sequenced", &body, properties).await;
+}
+
+async fn rows(env: &TestEnv, sql: &str) -> Vec<(String, i32, String)> {
+    sqlx::query_as(sql)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Per key, in log order: the applied seqs strictly increase and are exactly `expected`, and the
+/// calls (retries included) never go back to an earlier seq.
+async fn assert_in_order(env: &TestEnv, expected: &BTreeMap<String, Vec<i32>>) {
+    let applied = rows(
+        env,
+        "SELECT key, seq, worker FROM partition_applied ORDER BY id",
+    )
+    .await;
+    let mut by_key: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (key, seq, _) in &applied {
+        by_key.entry(key.clone()).or_default().push(*seq);
+    }
+    for (key, want) in expected {
+        let got = by_key.get(key).cloned().unwrap_or_default();
+        assert_eq!(&got, want, "applied seqs of {key}, in commit order");
+    }
+    let calls = rows(
+        env,
+        "SELECT key, seq, worker FROM partition_calls ORDER BY id",
+    )
+    .await;
+    let mut last: BTreeMap<String, i32> = BTreeMap::new();
+    for (key, seq, worker) in &calls {
+        let previous = last.insert(key.clone(), *seq).unwrap_or(-1);
+        assert!(
+            *seq >= previous,
+            "{key}: seq {seq} was called (on {worker}) after seq {previous}: out of order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_keep_each_key_in_order_through_retries_and_poison() {
+    let env = TestEnv::new().await;
+    let mut workers: Vec<Child> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|label| spawn_worker(&env, label))
+        .collect();
+    wait_consumers(&env, 3).await;
+
+    const KEYS: usize = 50;
+    const SEQS: i32 = 10;
+    let poison: BTreeSet<(usize, i32)> = [(7, 4), (21, 8), (40, 0)].into();
+    let exhausted: BTreeSet<(usize, i32)> = [(13, 2)].into(); // fails more than its 4 attempts
+    let mut expected: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    let mut dead: BTreeSet<String> = BTreeSet::new();
+    for seq in 0..SEQS {
+        for k in 0..KEYS {
+            let key = format!("ord_{k:02}");
+            let event_id = format!("evt_{k:02}_{seq}");
+            let fail_times = if exhausted.contains(&(k, seq)) {
+                10
+            } else if k % 5 == 0 && seq == 5 {
+                2
+            } else if k % 3 == 0 && seq == 3 {
+                1
+            } else {
+                0
+            };
+            let is_poison = poison.contains(&(k, seq));
+            if is_poison || fail_times >= 4 {
+                dead.insert(event_id.clone());
+            } else {
+                expected.entry(key.clone()).or_default().push(seq);
+            }
+            let payload =
+                json!({"key": key, "seq": seq, "failTimes": fail_times, "poison": is_poison});
+            publish(&env, &event_id, payload, Some(&key)).await;
+        }
+    }
+    // A producer that forgot the header: dead-lettered as poison, never handled out of order.
+    publish(&env, "evt_no_key", json!({"key": "ord_x", "seq": 0}), None).await;
+    dead.insert("evt_no_key".into());
+
+    let total: usize = expected.values().map(Vec::len).sum();
+    eventually(&format!("{total} events applied"), || async {
+        env.count("SELECT count(*) FROM partition_applied WHERE key <> $1", "")
+            .await as usize
+            >= total
+    })
+    .await;
+    let records = env.wait_dead_letters(HANDLER, dead.len()).await;
+    let dead_ids: BTreeSet<String> = records
+        .iter()
+        .map(|(_, r)| r.original_message.id.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(dead_ids, dead, "dead-lettered events");
+    let no_key = records
+        .iter()
+        .find(|(_, r)| r.original_message.id.as_deref() == Some("evt_no_key"))
+        .expect("the event without a key is dead-lettered");
+    assert!(
+        no_key
+            .1
+            .failure_metadata
+            .last_error
+            .contains("MissingPartitionKey"),
+        "{}",
+        no_key.1.failure_metadata.last_error
+    );
+    assert_in_order(&env, &expected).await;
+    // Retries happened in place: the exhausted event was called exactly 4 times.
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM partition_calls WHERE key = $1 AND seq = 2",
+            "ord_13"
+        )
+        .await,
+        4
+    );
+    let per_worker = rows(
+        &env,
+        "SELECT worker, count(*)::int, '' FROM partition_applied GROUP BY worker",
+    )
+    .await;
+    eprintln!("applied per worker: {per_worker:?}");
+    for worker in &mut workers {
+        let _ = worker.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_worker_takes_over_a_killed_workers_partitions_in_order() {
+    let env = TestEnv::new().await;
+    let mut first = spawn_worker(&env, "first");
+    wait_consumers(&env, 1).await;
+    let mut second = spawn_worker(&env, "second");
+    wait_consumers(&env, 2).await;
+
+    const KEYS: usize = 8;
+    const SEQS: i32 = 15;
+    let mut expected: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for seq in 0..SEQS {
+        for k in 0..KEYS {
+            let key = format!("ord_{k}");
+            expected.entry(key.clone()).or_default().push(seq);
+            let fail_times = u32::from(seq == 9);
+            let payload = json!({"key": key, "seq": seq, "sleepMs": 40, "failTimes": fail_times});
+            publish(&env, &format!("evt_{k}_{seq}"), payload, Some(&key)).await;
+        }
+    }
+    eventually("the first worker applied some events", || async {
+        env.count(
+            "SELECT count(*) FROM partition_applied WHERE worker = $1",
+            "first",
+        )
+        .await
+            >= 20
+    })
+    .await;
+    first.kill().await.expect("kill the first worker");
+    let total = KEYS * SEQS as usize;
+    eventually(&format!("{total} events applied"), || async {
+        env.count("SELECT count(*) FROM partition_applied WHERE key <> $1", "")
+            .await as usize
+            >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_in_order(&env, &expected).await;
+    assert!(
+        env.count(
+            "SELECT count(*) FROM partition_applied WHERE worker = $1",
+            "second"
+        )
+        .await
+            > 0,
+        "the second worker continued the partitions"
+    );
+    let _ = second.kill().await;
+}
