@@ -527,3 +527,19 @@ impl Drop for TcpProxy {
         self.task.abort();
     }
 }
+
+/// Makes sure the broker has the consistent-hash exchange plugin that partitioned handlers use
+/// (it ships with RabbitMQ; `.ci/run` enables it too). Idempotent; runs once per test binary.
+pub fn ensure_consistent_hash_plugin() {
+    static ENABLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ENABLED.get_or_init(|| {
+        let output = std::process::Command::new("rabbitmq-plugins")
+            .args(["enable", "--quiet", "rabbitmq_consistent_hash_exchange"])
+            .output();
+        match output {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => eprintln!("rabbitmq-plugins enable failed: {}", String::from_utf8_lossy(&output.stderr)),
+            Err(error) => eprintln!("cannot run rabbitmq-plugins ({error}); enable rabbitmq_consistent_hash_exchange by hand"),
+        }
+    });
+}

@@ -112,6 +112,7 @@ async fn assert_in_order(env: &TestEnv, expected: &BTreeMap<String, Vec<i32>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_keep_each_key_in_order_through_retries_and_poison() {
+    worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let mut workers: Vec<Child> = ["w1", "w2", "w3"]
         .iter()
@@ -202,6 +203,7 @@ async fn three_workers_keep_each_key_in_order_through_retries_and_poison() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_worker_takes_over_a_killed_workers_partitions_in_order() {
+    worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let mut first = spawn_worker(&env, "first");
     wait_consumers(&env, 1).await;
