@@ -186,3 +186,46 @@ async fn an_event_nobody_handles_is_returned_to_a_mandatory_publisher() {
     .await;
     worker.shutdown().await.unwrap();
 }
+
+/// A payload over the configured size limit is dead-lettered as poison, undecoded, with the sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_over_the_size_limit_is_dead_lettered_with_the_sizes() {
+    let mut env = TestEnv::new().await;
+    env.config.max_payload_bytes = 1024;
+    let worker = worker_rabbitmq::Worker::builder()
+        .handler(scripted)
+        .migrations(TestEnv::migrator())
+        .config(env.config.clone())
+        .start()
+        .await
+        .unwrap();
+    let big = json!({ "padding": "x".repeat(2000) }).to_string();
+    env.publish(
+        "Scripted",
+        big.as_bytes(),
+        BasicProperties::default().with_message_id(ShortString::from("evt_big")),
+    )
+    .await;
+    env.publish_json("Scripted", "evt_small", json!({})).await;
+    let records = env.wait_dead_letters("scripted", 1).await;
+    eventually("the worker keeps consuming", || async {
+        env.effects("evt_small").await == 1
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+    let meta = &records[0].1.failure_metadata;
+    assert_eq!(
+        meta.last_error,
+        format!(
+            "payload is {} bytes; the limit is 1024 (WORKER_MAX_PAYLOAD_BYTES)",
+            big.len()
+        )
+    );
+    assert_eq!(meta.error_kind, ErrorKind::Poison);
+    assert_eq!(
+        records[0].1.original_message.original_body().unwrap(),
+        big.as_bytes(),
+        "kept losslessly"
+    );
+    assert_eq!(env.attempts("evt_big").await, 0, "the handler never saw it");
+}

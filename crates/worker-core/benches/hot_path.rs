@@ -135,6 +135,7 @@ fn processing(c: &mut Criterion) {
         dedup: DedupStore::new(Identifier::new("public").expect("identifier")),
         consumer: "bench".into(),
         observer: Arc::new(NoopObserver),
+        max_payload_bytes: usize::MAX,
     };
     let spec = noop.spec();
     let message = message();

@@ -16,6 +16,7 @@
 //! | `WORKER_DB_POOL_SIZE` | `64` | most database connections; the pool is sized to what the handlers' concurrency needs (two per in-flight dedup delivery, one per other), up to this |
 //! | `WORKER_CONSUMER` | the executable's name | `consumer` in dead-letter records |
 //! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
+//! | `WORKER_MAX_PAYLOAD_BYTES` | `4194304` (4 MiB) | larger message bodies are dead-lettered as poison without being decoded |
 //! | `WORKER_DELIVERY_LIMIT` | `20` | quorum work queues: deliveries after which the broker dead-letters a message that was never settled (crash loop); `off` for none |
 //! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
@@ -157,6 +158,8 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How often queue depths are polled.
     pub lag_poll_interval: Duration,
+    /// Largest accepted message body; larger ones are dead-lettered as poison.
+    pub max_payload_bytes: usize,
     /// Quorum work queues' `x-delivery-limit`: deliveries after which the broker dead-letters a
     /// message that never got settled (a crash loop); `None`: no limit.
     pub delivery_limit: Option<u32>,
@@ -185,6 +188,7 @@ impl Default for WorkerConfig {
             consumer: default_consumer(),
             metrics_addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9464))),
             lag_poll_interval: Duration::from_secs(15),
+            max_payload_bytes: 4 * 1024 * 1024,
             delivery_limit: Some(20),
             retry: RetryOverrides::default(),
             handlers: HashMap::new(),
@@ -226,6 +230,8 @@ impl WorkerConfig {
                 .unwrap_or(defaults.metrics_addr),
             lag_poll_interval: env_parse("WORKER_LAG_POLL_INTERVAL", parse_duration)?
                 .unwrap_or(defaults.lag_poll_interval),
+            max_payload_bytes: env_parse("WORKER_MAX_PAYLOAD_BYTES", parse_positive)?
+                .unwrap_or(defaults.max_payload_bytes),
             delivery_limit: env_parse("WORKER_DELIVERY_LIMIT", parse_delivery_limit)?
                 .unwrap_or(defaults.delivery_limit),
             retry: RetryOverrides::from_env("WORKER_")?,

@@ -187,6 +187,7 @@ impl WorkerBuilder {
             pool: pool.clone(),
             dedup: dedup.clone(),
             consumer: config.consumer.clone(),
+            max_payload_bytes: config.max_payload_bytes,
             observer: Arc::new(Observers(
                 std::iter::once(Arc::clone(&metrics) as Arc<dyn Observer>)
                     .chain(self.observers)

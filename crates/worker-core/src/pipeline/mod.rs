@@ -37,6 +37,8 @@ pub struct Runtime {
     pub consumer: String,
     /// Telemetry and test hooks.
     pub observer: Arc<dyn Observer>,
+    /// Bodies larger than this are dead-lettered as poison without being decoded.
+    pub max_payload_bytes: usize,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -112,6 +114,21 @@ async fn run<H: Handler>(
     message: &InboundMessage,
     envelope: &Envelope,
 ) -> Disposition {
+    if message.body.len() > runtime.max_payload_bytes {
+        let problem = format!(
+            "payload is {} bytes; the limit is {} (WORKER_MAX_PAYLOAD_BYTES)",
+            message.body.len(),
+            runtime.max_payload_bytes
+        );
+        return failure::dead_letter(
+            spec,
+            runtime,
+            message,
+            envelope,
+            &problem,
+            crate::ErrorKind::Poison,
+        );
+    }
     let event_id = match &envelope.event_id {
         Ok(id) => id.clone(),
         Err(problem) => {
