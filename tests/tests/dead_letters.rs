@@ -174,7 +174,12 @@ async fn bad_envelopes_are_dead_lettered_with_a_clear_reason() {
     .await;
     worker.shutdown().await.unwrap();
 
-    records.sort_by_key(|(_, r)| r.original_message.id.clone());
+    records.sort_by_key(|(_, r)| {
+        (
+            r.original_message.id.clone(),
+            r.failure_metadata.last_error.clone(),
+        )
+    });
     let errors: Vec<(Option<&str>, &str)> = records
         .iter()
         .map(|(_, r)| {
