@@ -119,3 +119,109 @@ async fn the_worker_consumes_over_amqps_with_a_configured_ca() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Mutual TLS: the listener requires a client certificate signed by the test CA, and the worker
+/// presents the PKCS#12 identity it is configured with (made here with `openssl pkcs12`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_presents_its_configured_client_certificate() {
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::RootCertStore;
+
+    let mut env = TestEnv::new().await;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let server_key = KeyPair::generate().expect("key");
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&server_key, &ca)
+        .expect("server cert");
+    let client_key = KeyPair::generate().expect("key");
+    let client_cert = CertificateParams::new(vec!["worker".to_owned()])
+        .expect("params")
+        .signed_by(&client_key, &ca)
+        .expect("client cert");
+
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("CA root");
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .build()
+            .expect("client verifier");
+    let server_config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        )
+        .expect("server config");
+    let (port, handshakes) = tls_listener(server_config).await;
+
+    let dir = std::env::temp_dir().join(format!("worker-mtls-{}", env.id));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+    std::fs::write(dir.join("client.pem"), client_cert.pem()).expect("write client cert");
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write client key");
+    let status = std::process::Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "client.key",
+            "-in",
+            "client.pem",
+            "-certfile",
+            "ca.pem",
+            "-out",
+            "client.p12",
+            "-passout",
+            "pass:s3cret",
+        ])
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl pkcs12 -export");
+
+    env.config.amqp_url = format!("amqps://guest:guest@localhost:{port}/%2f");
+    env.config.amqp_tls.ca_file = Some(dir.join("ca.pem"));
+    // Without the client identity the listener refuses the handshake.
+    let refused = worker_rabbitmq::Worker::builder()
+        .handler(scripted)
+        .migrations(TestEnv::migrator())
+        .config(env.config.clone())
+        .start()
+        .await;
+    assert!(refused.is_err(), "no client certificate, no connection");
+
+    env.config.amqp_tls.client_identity = Some(dir.join("client.p12"));
+    env.config.amqp_tls.client_identity_password =
+        Some(worker_core::config::Secret("s3cret".into()));
+    assert!(
+        !format!("{:?}", env.config).contains("s3cret"),
+        "the password never shows in Debug output"
+    );
+    let worker = worker_rabbitmq::Worker::builder()
+        .handler(scripted)
+        .migrations(TestEnv::migrator())
+        .config(env.config.clone())
+        .start()
+        .await
+        .expect("starts with its client certificate");
+    env.publish_json("Scripted", "evt_mtls", json!({})).await;
+    eventually("the event is consumed over mutual TLS", || async {
+        env.effects("evt_mtls").await == 1
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+    assert!(handshakes.load(Ordering::SeqCst) >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
