@@ -3,7 +3,7 @@
 //! Per handler `h` (names carry the configured queue prefix):
 //! - `h`: the work queue, durable, quorum by default, bound to the events exchange with the
 //!   handler's event type;
-//! - `h.retry.<level>`: one classic durable delay queue per backoff level. A retry copy waits there
+//! - `h.retry.<level>`: one durable delay queue per backoff level (quorum with at-least-once dead-lettering, or classic). A retry copy waits there
 //!   for its per-message TTL (the level's delay plus jitter) and is then dead-lettered by the broker
 //!   back to `h` through the default exchange. All copies in one level have a TTL in
 //!   `[delay, delay + jitter]`, so FIFO expiry holds a copy back by at most the jitter;
@@ -172,7 +172,17 @@ pub async fn declare_handler(
         )))?;
     for level in 1..=delay_levels(spec) {
         let name = names.delay(level);
-        let mut args = FieldTable::default();
+        // Quorum delay queues dead-letter at least once (the broker keeps the copy until the work
+        // queue has it); classic ones only at most once, which lost copies across broker restarts
+        // in the chaos soak.
+        let mut args = queue_type_args(config.queue_type);
+        if config.queue_type == QueueType::Quorum {
+            args.insert(
+                ShortString::from("x-dead-letter-strategy"),
+                text("at-least-once"),
+            );
+            args.insert(ShortString::from("x-overflow"), text("reject-publish"));
+        }
         args.insert(
             ShortString::from("x-dead-letter-exchange"),
             AMQPValue::LongString(LongString::from("")),
