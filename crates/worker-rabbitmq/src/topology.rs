@@ -194,7 +194,10 @@ pub async fn declare_handler(
         channel
             .queue_declare(&name, durable, args)
             .await
-            .map_err(WorkerError::broker(format!("declare delay queue `{name}`")))?;
+            .map_err(WorkerError::broker(format!(
+                "declare delay queue `{name}` (PRECONDITION_FAILED means it exists with other arguments, e.g. a \
+                 classic delay queue from an older version: delete it once it is empty)"
+            )))?;
     }
     Ok(names)
 }
