@@ -10,6 +10,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::dedup::identifier::Identifier;
 use crate::message::headers::{HeaderValue, Headers};
 use crate::message::inbound::Properties;
+use crate::partition::PARTITION_KEY_HEADER;
 use crate::pipeline::disposition::OutboundMessage;
 
 /// Header carrying the row's aggregate id on the published message.
@@ -39,7 +40,9 @@ pub struct OutboxRow {
 impl OutboxRow {
     /// The message to publish: the payload as a persistent JSON body, the event id as
     /// `message_id`, the event type as `type`, the enqueue time as `timestamp`, the stored
-    /// headers (trace context) plus [`AGGREGATE_ID_HEADER`].
+    /// headers (trace context) plus [`AGGREGATE_ID_HEADER`] and, unless the event set it itself,
+    /// [`PARTITION_KEY_HEADER`] = the aggregate id: the partition routing contract, so a
+    /// partitioned consumer receives one aggregate's events in the order the relay publishes them.
     pub fn message(&self) -> OutboundMessage {
         let mut headers = Headers::new();
         if let Ok(serde_json::Value::Object(stored)) = serde_json::from_str(&self.headers) {
@@ -55,6 +58,9 @@ impl OutboxRow {
             AGGREGATE_ID_HEADER.into(),
             HeaderValue::string(self.aggregate_id.clone()),
         );
+        headers
+            .entry(PARTITION_KEY_HEADER.into())
+            .or_insert_with(|| HeaderValue::string(self.aggregate_id.clone()));
         OutboundMessage {
             body: self.payload.clone().into_bytes(),
             properties: Properties {
@@ -287,5 +293,23 @@ mod tests {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
         assert_eq!(p.headers[AGGREGATE_ID_HEADER].as_str(), Some("ord_1"));
+        assert_eq!(p.headers[PARTITION_KEY_HEADER].as_str(), Some("ord_1"));
+    }
+
+    #[test]
+    fn an_explicit_partition_key_wins_over_the_aggregate_id() {
+        let row = OutboxRow {
+            id: 8,
+            event_id: "evt_2".into(),
+            aggregate_id: "ord_1".into(),
+            event_type: "LineAdded".into(),
+            payload: r#"{"cartId": "cart_9"}"#.into(),
+            headers: r#"{"x-partition-key": "cart_9"}"#.into(),
+            created_at: Utc::now(),
+            attempts: 0,
+        };
+        let headers = row.message().properties.headers;
+        assert_eq!(headers[PARTITION_KEY_HEADER].as_str(), Some("cart_9"));
+        assert_eq!(headers[AGGREGATE_ID_HEADER].as_str(), Some("ord_1"));
     }
 }
