@@ -19,6 +19,8 @@ pub struct Sequenced {
     pub fail_times: u32,
     /// Fail as poison.
     pub poison: bool,
+    /// Fail as poison until the test inserts `(key, seq)` into `partition_fixed`.
+    pub poison_until_fixed: bool,
     /// Sleep this long before finishing.
     pub sleep_ms: u64,
 }
@@ -55,6 +57,21 @@ pub async fn sequenced(
         return Err(HandlerError::poison(
             "ScriptedPoison: this event can never succeed",
         ));
+    }
+    if event.poison_until_fixed {
+        let fixed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM partition_fixed WHERE key = $1 AND seq = $2)",
+        )
+        .bind(&event.key)
+        .bind(event.seq)
+        .fetch_one(ctx.pool())
+        .await?;
+        if !fixed {
+            return Err(HandlerError::poison(format!(
+                "NotFixedYet: {} seq {} fails until the test fixes it",
+                event.key, event.seq
+            )));
+        }
     }
     if ctx.attempt() <= event.fail_times {
         return Err(HandlerError::retryable(format!(

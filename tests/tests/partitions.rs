@@ -1,6 +1,8 @@
 //! Partitioned handlers: the events of one key are handled one at a time in publish order across
 //! several worker processes, retries are held in place, poison dead-letters and the key goes on,
-//! and a second worker takes a partition over when the active one is killed.
+//! a second worker takes a partition over when the active one is killed, a replayed dead letter
+//! rejoins its key's partition and keeps the producer's routing, and the lag metric counts the
+//! partition queues.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -251,4 +253,196 @@ async fn a_standby_worker_takes_over_a_killed_workers_partitions_in_order() {
         "the second worker continued the partitions"
     );
     let _ = second.kill().await;
+}
+
+fn in_process(env: &TestEnv) -> worker_rabbitmq::WorkerBuilder {
+    worker_rabbitmq::Worker::builder()
+        .handler(worker_tests::partitioned::sequenced)
+        .migrations(TestEnv::migrator())
+        .config(env.config.clone())
+}
+
+async fn cli(env: &TestEnv, args: &[&str]) -> worker_rabbitmq::cli::CliOutput {
+    let args = std::iter::once("partition-worker").chain(args.iter().copied());
+    in_process(env).run_with_args(args).await
+}
+
+/// Ready messages in all partition queues together.
+async fn partition_depth(env: &TestEnv) -> u32 {
+    let mut total = 0;
+    for k in 0..PARTITIONS {
+        total += env.depth(&format!("{}.p{k}", env.queue(HANDLER))).await;
+    }
+    total
+}
+
+/// `dlq show --json` of `event_id`: the record as stored, left in place.
+async fn shown(env: &TestEnv, event_id: &str) -> Value {
+    let show = cli(env, &["dlq", "show", event_id, "--json"]).await;
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    serde_json::from_str(show.stdout.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {}", show.stdout))
+}
+
+/// A dead-lettered event of a partitioned handler, replayed: it goes back through the hash
+/// exchange into its key's partition (behind the key's event in progress, ahead of one
+/// published after it), and when it fails again its new record still names the producer's
+/// exchange and routing key, not the internal hash exchange, so replaying again works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_event_rejoins_its_partition_and_keeps_the_producers_routing() {
+    worker_tests::ensure_consistent_hash_plugin();
+    let env = TestEnv::new().await;
+    let worker = in_process(&env).start().await.expect("worker starts");
+    let key = "ord_r";
+    let event = |seq: i32, extra: Value| {
+        let mut payload = json!({"key": key, "seq": seq});
+        if let (Some(p), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        payload
+    };
+    publish(&env, "evt_r0", event(0, json!({})), Some(key)).await;
+    publish(
+        &env,
+        "evt_r1",
+        event(1, json!({"poisonUntilFixed": true})),
+        Some(key),
+    )
+    .await;
+    publish(&env, "evt_r2", event(2, json!({})), Some(key)).await;
+    let dlq = format!("{}.dlq", env.queue(HANDLER));
+    eventually("evt_r1 dead-lettered", || async {
+        env.depth(&dlq).await == 1
+    })
+    .await;
+    let first = shown(&env, "evt_r1").await;
+    assert_eq!(
+        first["originalMessage"]["exchange"],
+        env.config.exchange.as_str()
+    );
+    assert_eq!(first["originalMessage"]["routingKey"], "Sequenced");
+
+    // Replayed while still broken: it fails again, and the new record keeps the routing.
+    let replay = cli(&env, &["dlq", "replay", "evt_r1"]).await;
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    eventually("evt_r1 called again and dead-lettered again", || async {
+        env.count(
+            "SELECT count(*) FROM partition_calls WHERE seq = 1 AND key = $1",
+            key,
+        )
+        .await
+            == 2
+            && env.depth(&dlq).await == 1
+    })
+    .await;
+    let again = shown(&env, "evt_r1").await;
+    let original = &again["originalMessage"];
+    assert_eq!(
+        original["exchange"],
+        env.config.exchange.as_str(),
+        "the record names the producer's exchange, not the hash exchange: {again}"
+    );
+    assert_eq!(original["routingKey"], "Sequenced", "{again}");
+    assert_eq!(original["headers"]["x-partition-key"], key, "{again}");
+    assert!(
+        original["properties"]["headers"]
+            .as_object()
+            .is_some_and(|h| !h.keys().any(|k| k.starts_with("x-worker-"))),
+        "no worker headers in the original message: {again}"
+    );
+    assert_eq!(again["failureMetadata"]["attempts"], 1);
+
+    // The key's partition is busy with a slow event when the fixed event is replayed: the replay
+    // must queue behind it (same partition), and an event published after the replay joined
+    // the partition must come after it.
+    publish(
+        &env,
+        "evt_r3",
+        event(3, json!({"sleepMs": 3000})),
+        Some(key),
+    )
+    .await;
+    eventually("evt_r3 in progress", || async {
+        env.count(
+            "SELECT count(*) FROM partition_calls WHERE seq = 3 AND key = $1",
+            key,
+        )
+        .await
+            == 1
+    })
+    .await;
+    sqlx::query("INSERT INTO partition_fixed (key, seq) VALUES ($1, 1)")
+        .bind(key)
+        .execute(&env.pool)
+        .await
+        .expect("fix evt_r1");
+    let replay = cli(&env, &["dlq", "replay", "evt_r1"]).await;
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    eventually("the replay waits in the key's partition", || async {
+        partition_depth(&env).await == 1
+    })
+    .await;
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM partition_applied WHERE seq = 3 AND key = $1",
+            key
+        )
+        .await,
+        0,
+        "evt_r3 was still in progress when the replay joined the partition"
+    );
+    publish(&env, "evt_r4", event(4, json!({})), Some(key)).await;
+    eventually("every event of the key applied", || async {
+        env.count("SELECT count(*) FROM partition_applied WHERE key = $1", key)
+            .await
+            == 5
+    })
+    .await;
+    worker.shutdown().await.expect("clean shutdown");
+    let applied: Vec<i32> =
+        sqlx::query_scalar("SELECT seq FROM partition_applied WHERE key = $1 ORDER BY id")
+            .bind(key)
+            .fetch_all(&env.pool)
+            .await
+            .expect("applied");
+    assert_eq!(applied, [0, 2, 3, 1, 4]);
+    assert_eq!(env.depth(&dlq).await, 0, "the replayed entry left the DLQ");
+}
+
+/// Consumer lag of a partitioned handler: its events wait in the partition queues, and
+/// `worker_queue_messages{queue="work"}` counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_metric_counts_the_partition_queues() {
+    worker_tests::ensure_consistent_hash_plugin();
+    let env = TestEnv::new().await;
+    let worker = in_process(&env).start().await.expect("worker starts");
+    let addr = worker.metrics_addr().expect("metrics endpoint");
+    // One key, so one partition: the first event is in progress, the rest wait behind it.
+    for seq in 0..6 {
+        let payload = json!({"key": "ord_lag", "seq": seq, "sleepMs": 400});
+        publish(&env, &format!("evt_lag_{seq}"), payload, Some("ord_lag")).await;
+    }
+    let work = r#"worker_queue_messages{handler="sequenced",queue="work"} "#;
+    let lag = || async {
+        let (_, body) = worker_tests::http_get(addr, "/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(work))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually("the waiting events show as lag", || async {
+        lag().await >= 3.0
+    })
+    .await;
+    eventually("every event applied", || async {
+        env.count(
+            "SELECT count(*) FROM partition_applied WHERE key = $1",
+            "ord_lag",
+        )
+        .await
+            == 6
+    })
+    .await;
+    eventually("the lag drains", || async { lag().await == 0.0 }).await;
+    worker.shutdown().await.expect("clean shutdown");
 }

@@ -67,6 +67,17 @@ pub enum WorkerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The broker does not know the consistent-hash exchange type that partitioned handlers
+    /// need: the plugin that ships with RabbitMQ is not enabled.
+    #[error("RabbitMQ cannot declare `{exchange}` for the partitioned handler `{handler}`: the exchange type `x-consistent-hash` is missing ({source}). Enable the plugin that ships with RabbitMQ, then start again: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange")]
+    ConsistentHashPluginMissing {
+        /// The hash exchange.
+        exchange: String,
+        /// The partitioned handler.
+        handler: String,
+        /// The broker's refusal.
+        source: lapin::Error,
+    },
     /// The connection to the broker was lost while consuming.
     #[error("lost the RabbitMQ connection while consuming `{queue}`: {reason}")]
     ConsumerLost {

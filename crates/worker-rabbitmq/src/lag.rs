@@ -1,6 +1,9 @@
-//! Polling queue depths for the lag metrics: per handler, the work queue (consumer lag), the
-//! delay queues together (retry path) and the dead-letter queue. One passive declare per queue
-//! per interval on a channel of its own.
+//! Polling queue depths for the lag metrics: per handler, the work queue (consumer lag) together
+//! with a partitioned handler's partition queues, the delay queues together (retry path) and the
+//! dead-letter queue. One passive declare per queue per interval on a channel of its own.
+//!
+//! Partition queues are summed into `work` rather than labelled one by one: the alert is "this
+//! handler falls behind", and a label per partition would multiply the series by up to 256.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,8 @@ pub(crate) struct Watched {
     pub(crate) handler: &'static str,
     pub(crate) names: QueueNames,
     pub(crate) delay_levels: u32,
+    /// Partition queues (`0` for a handler that is not partitioned).
+    pub(crate) partitions: u16,
 }
 
 async fn depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
@@ -37,11 +42,12 @@ async fn poll_once(
     metrics: &Metrics,
 ) -> Result<(), lapin::Error> {
     for w in watched {
-        metrics.set_queue_depth(
-            w.handler,
-            QueueKind::Work,
-            depth(channel, &w.names.work).await?,
-        );
+        // A partitioned handler's events wait in its partition queues; `h` holds only replays.
+        let mut waiting = depth(channel, &w.names.work).await?;
+        for k in 0..w.partitions {
+            waiting = waiting.saturating_add(depth(channel, &w.names.partition(k)).await?);
+        }
+        metrics.set_queue_depth(w.handler, QueueKind::Work, waiting);
         let mut retrying = 0u32;
         for level in 1..=w.delay_levels {
             retrying = retrying.saturating_add(depth(channel, &w.names.delay(level)).await?);

@@ -20,8 +20,11 @@ use lapin::{Channel, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use worker_core::observer::Settlement;
 use worker_core::partition::{key_of, Partitioning, PARTITION_KEY_HEADER};
+use worker_core::retry::attempts::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
 use worker_core::WorkerConfig;
-use worker_core::{Disposition, HandlerSpec, InboundMessage, OutboundMessage, Properties};
+use worker_core::{
+    Disposition, HandlerSpec, HeaderValue, InboundMessage, OutboundMessage, Properties,
+};
 
 use crate::consumer::{HandlerRunner, Source};
 use crate::error::WorkerError;
@@ -66,9 +69,7 @@ pub(crate) async fn declare(
             args,
         )
         .await
-        .map_err(WorkerError::broker(format!(
-            "declare consistent-hash exchange `{exchange}` (is the plugin enabled? `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`)"
-        )))?;
+        .map_err(|source| declare_error(&exchange, spec.name, source))?;
     channel
         .exchange_bind(
             &exchange,
@@ -134,6 +135,21 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// Why declaring the hash exchange failed. Without the plugin the broker closes the connection
+/// with `COMMAND_INVALID - unknown exchange type 'x-consistent-hash'` (`invalid exchange type`
+/// once the plugin was loaded and disabled again): that gets its own error naming the fix.
+fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerError {
+    if source.to_string().contains("exchange type") {
+        WorkerError::ConsistentHashPluginMissing {
+            exchange: exchange.to_owned(),
+            handler: handler.to_owned(),
+            source,
+        }
+    } else {
+        WorkerError::broker(format!("declare consistent-hash exchange `{exchange}`"))(source)
+    }
+}
+
 /// Processes a delivery of a partition queue, holding it through its retries: after a retryable
 /// failure the consumer slot (and only this partition) sleeps the §4 backoff and runs the next
 /// attempt, so no later event of the entity can overtake it. The attempt count travels in the
@@ -145,6 +161,8 @@ pub(crate) async fn process_in_place(
     partition: u16,
     consuming: &CancellationToken,
 ) -> Disposition {
+    let restored = restore_producer_routing(message, &runner.names.partition_exchange());
+    let message = restored.as_ref().unwrap_or(message);
     let mut attempt = None::<InboundMessage>;
     loop {
         let current = attempt.as_ref().unwrap_or(message);
@@ -207,6 +225,45 @@ fn next_attempt(original: &InboundMessage, copy: OutboundMessage) -> InboundMess
     }
 }
 
+/// The producer's exchange and routing key of a message in the plain work queue `h`: a replay
+/// (or a retry copy from before the handler was partitioned) carries them in the worker's
+/// headers, anything else was published there by the producer itself.
+fn producer_routing(message: &InboundMessage) -> (String, String) {
+    let headers = &message.properties.headers;
+    let text = |name| headers.get(name).and_then(HeaderValue::as_str);
+    match (
+        text(ORIGINAL_EXCHANGE_HEADER),
+        text(ORIGINAL_ROUTING_KEY_HEADER),
+    ) {
+        (Some(exchange), Some(routing_key)) => (exchange.to_owned(), routing_key.to_owned()),
+        _ => (message.exchange.clone(), message.routing_key.clone()),
+    }
+}
+
+/// A delivery that the worker forwarded from `h` to the hash exchange (a replay) arrives from
+/// that exchange; its producer's routing travels in the worker's headers. Returns the delivery
+/// with that routing restored, so its attempts, logs and a new dead-letter record name the
+/// exchange and routing key the producer used (and a second replay republishes them), not the
+/// internal hash exchange. `None` for every other delivery (the usual case: the producer's own
+/// message, whose `exchange` is already the events exchange).
+fn restore_producer_routing(
+    message: &InboundMessage,
+    partition_exchange: &str,
+) -> Option<InboundMessage> {
+    if message.exchange != partition_exchange {
+        return None;
+    }
+    let headers = &message.properties.headers;
+    let text = |name| headers.get(name).and_then(HeaderValue::as_str);
+    let exchange = text(ORIGINAL_EXCHANGE_HEADER)?;
+    let routing_key = text(ORIGINAL_ROUTING_KEY_HEADER)?;
+    Some(InboundMessage {
+        exchange: exchange.to_owned(),
+        routing_key: routing_key.to_owned(),
+        ..message.clone()
+    })
+}
+
 /// For a message in the plain work queue of a partitioned handler (a replay) that carries a valid
 /// partition key: forwards it to the handler's hash exchange, so it is handled in its entity's
 /// partition, acks once the broker confirmed the copy (gives it back otherwise) and returns how
@@ -222,14 +279,25 @@ pub(crate) async fn forward_replay(
     if source != Source::Work || key_of(partitioning, message).is_err() {
         return None;
     }
-    let copy = OutboundMessage {
+    // The copy keeps the producer's routing in the worker's headers (a replay has them already),
+    // so the partition consumer can restore it; the hash exchange ignores the routing key.
+    let (producer_exchange, producer_routing_key) = producer_routing(message);
+    let mut copy = OutboundMessage {
         body: message.body.clone(),
         properties: message.properties.clone(),
     };
+    copy.properties.headers.insert(
+        ORIGINAL_EXCHANGE_HEADER.into(),
+        HeaderValue::string(producer_exchange),
+    );
+    copy.properties.headers.insert(
+        ORIGINAL_ROUTING_KEY_HEADER.into(),
+        HeaderValue::string(producer_routing_key.clone()),
+    );
     let exchange = runner.names.partition_exchange();
     let published = runner
         .publisher
-        .publish(&exchange, &message.routing_key, &copy)
+        .publish(&exchange, &producer_routing_key, &copy)
         .await;
     Some(match published {
         Ok(()) => {
@@ -268,6 +336,66 @@ mod tests {
         let names = QueueNames::new(&config, "ship");
         assert_eq!(names.partition_exchange(), "t1.ship.partition");
         assert_eq!(names.partition(7), "t1.ship.p7");
+    }
+
+    #[test]
+    fn a_missing_plugin_is_named_with_its_fix() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError};
+        let refused = lapin::Error::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
+            "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'".into(),
+        ));
+        let error = declare_error("ship-order.partition", "ship-order", refused).to_string();
+        assert!(
+            error.contains("rabbitmq-plugins enable rabbitmq_consistent_hash_exchange")
+                && error.contains("`ship-order`"),
+            "{error}"
+        );
+        let other = declare_error(
+            "ship-order.partition",
+            "ship-order",
+            lapin::Error::InvalidChannelState(lapin::ChannelState::Closed),
+        );
+        assert!(matches!(other, WorkerError::Broker { .. }), "{other}");
+    }
+
+    #[test]
+    fn a_forwarded_replay_gets_its_producer_routing_back() {
+        let mut forwarded = InboundMessage {
+            exchange: "t1.ship.partition".into(),
+            routing_key: "OrderPaid".into(),
+            ..Default::default()
+        };
+        let headers = &mut forwarded.properties.headers;
+        headers.insert(
+            ORIGINAL_EXCHANGE_HEADER.into(),
+            HeaderValue::string("events"),
+        );
+        headers.insert(
+            ORIGINAL_ROUTING_KEY_HEADER.into(),
+            HeaderValue::string("OrderPaid"),
+        );
+        let restored = restore_producer_routing(&forwarded, "t1.ship.partition").expect("restored");
+        assert_eq!(
+            (restored.exchange.as_str(), restored.routing_key.as_str()),
+            ("events", "OrderPaid")
+        );
+        // A producer's own message (exchange = events) is never rewritten, whatever its headers.
+        forwarded.exchange = "events".into();
+        assert_eq!(
+            restore_producer_routing(&forwarded, "t1.ship.partition"),
+            None
+        );
+        // A message published to `h` by hand, without the worker's headers: its own routing.
+        let plain = InboundMessage {
+            exchange: "events".into(),
+            routing_key: "OrderPaid".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            producer_routing(&plain),
+            ("events".to_owned(), "OrderPaid".to_owned())
+        );
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Blueprint {
                 handler: spec.name,
                 names: names.clone(),
                 delay_levels: topology::delay_levels(spec),
+                partitions: spec.partition.map_or(0, |p| p.partitions),
             });
             let runner = Arc::new(HandlerRunner {
                 health: Arc::clone(&self.health),

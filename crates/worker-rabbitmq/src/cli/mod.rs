@@ -73,7 +73,11 @@ impl CliError {
             CliError::Worker(WorkerError::Connect { .. } | WorkerError::Database { .. }) => {
                 exit::UNREACHABLE
             }
-            CliError::Worker(WorkerError::Config(_) | WorkerError::Registry(_))
+            CliError::Worker(
+                WorkerError::Config(_)
+                | WorkerError::Registry(_)
+                | WorkerError::ConsistentHashPluginMissing { .. },
+            )
             | CliError::Config(_)
             | CliError::Usage(_) => exit::USAGE,
             CliError::NothingMatched(_) => exit::NOTHING_MATCHED,
