@@ -2,8 +2,10 @@
 //! test, a plain AMQP producer, and readers for queues and tables. Everything a test creates is
 //! removed when its [`TestEnv`] is dropped, even when the test fails.
 
+pub mod broker_tls;
 pub mod handlers;
 pub mod partitioned;
+pub mod silent_proxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,95 +1,58 @@
-//! `amqps://` with rustls and a CA file: the worker connects through TLS to a local listener whose
-//! certificate is signed by a CA the test generates, and consumes as usual. Without the CA file the
-//! connection is refused, and the error shows no password.
-//!
-//! The TLS listener is a TLS-terminating proxy in front of the local RabbitMQ (the broker's own
-//! TLS listener would need a broker restart with a changed configuration, which the other tests
-//! running in parallel against the same broker would not survive).
+//! `amqps://` against RabbitMQ's own TLS listener (Erlang `ssl`, not a stand-in): each test starts
+//! a listener on a free port of the shared broker at runtime, with a server certificate signed by
+//! a CA the test generates, and stops it at the end (`worker_tests::broker_tls`). The worker
+//! verifies the broker's certificate against the configured CA file; in the mutual-TLS test the
+//! broker requires the worker's client certificate (`verify_peer`, `fail_if_no_peer_cert`). Each
+//! test processes an event end to end over TLS, and checks the refusals: no CA, no client
+//! certificate. Errors never show the password.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use serde_json::json;
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
+use worker_tests::broker_tls::{BrokerTlsListener, ClientAuth, TestPki, CLIENT_IDENTITY_PASSWORD};
 use worker_tests::handlers::scripted;
 use worker_tests::{eventually, TestEnv};
 
-/// A TLS listener on an ephemeral port that forwards the decrypted stream to RabbitMQ.
-async fn tls_listener(config: ServerConfig) -> (u16, Arc<AtomicUsize>) {
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&handshakes);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, counted) = (acceptor.clone(), Arc::clone(&counted));
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                counted.fetch_add(1, Ordering::SeqCst);
-                let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
-            });
-        }
-    });
-    (port, handshakes)
+/// The client-provided names of the broker's connections that came in over TLS.
+fn tls_connection_names() -> Vec<String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "ssl",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl list_connections");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.trim_start().starts_with("true"))
+        .map(str::to_owned)
+        .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_consumes_over_amqps_with_a_configured_ca() {
-    let mut env = TestEnv::new().await;
-    // A CA and a server certificate for `localhost`, signed by it.
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::CrlSign,
-    ];
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let server_key = KeyPair::generate().expect("key");
-    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .signed_by(&server_key, &ca)
-        .expect("server cert");
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let server_config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server_cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )
-        .expect("server config");
-    let (port, handshakes) = tls_listener(server_config).await;
-    let dir = std::env::temp_dir().join(format!("worker-tls-{}", env.id));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write CA");
-
-    env.config.amqp_url = format!("amqps://guest:guest@localhost:{port}/%2f");
-
-    // Without the CA the certificate is not trusted: start-up fails with a clear, redacted error.
-    let refused = worker_rabbitmq::Worker::builder()
+async fn start(env: &TestEnv) -> Result<worker_rabbitmq::RunningWorker, String> {
+    worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
         .config(env.config.clone())
         .start()
-        .await;
-    let error = refused
-        .expect_err("an untrusted certificate is refused")
-        .to_string();
+        .await
+        .map_err(|error| error.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_verifies_the_brokers_certificate_against_its_ca_file() {
+    let mut env = TestEnv::new().await;
+    env.config.consumer = format!("worker-tests-{}", env.id);
+    let pki = TestPki::generate(&env.id);
+    let listener = BrokerTlsListener::start(&pki, ClientAuth::None);
+    env.config.amqp_url = format!("amqps://guest:guest@localhost:{}/%2f", listener.port);
+
+    // Without the CA the broker's certificate is not trusted: start-up fails with a clear,
+    // redacted error.
+    let error = start(&env)
+        .await
+        .expect_err("an untrusted certificate is refused");
     assert!(
         error.contains("cannot connect to RabbitMQ at amqps://guest:***@localhost:"),
         "{error}"
@@ -99,121 +62,47 @@ async fn the_worker_consumes_over_amqps_with_a_configured_ca() {
         "the password never appears: {error}"
     );
 
-    env.config.amqp_tls.ca_file = Some(ca_file.clone());
-    let worker = worker_rabbitmq::Worker::builder()
-        .handler(scripted)
-        .migrations(TestEnv::migrator())
-        .config(env.config.clone())
-        .start()
-        .await
-        .expect("starts over TLS");
+    env.config.amqp_tls.ca_file = Some(pki.path("ca.pem"));
+    let worker = start(&env).await.expect("starts over TLS");
+    assert!(
+        tls_connection_names()
+            .iter()
+            .any(|line| line.contains(&env.config.consumer)),
+        "the broker lists the worker's connection as TLS: {:?}",
+        tls_connection_names()
+    );
     env.publish_json("Scripted", "evt_tls", json!({})).await;
     eventually("the event is consumed over TLS", || async {
         env.effects("evt_tls").await == 1
     })
     .await;
     worker.shutdown().await.unwrap();
-    assert!(
-        handshakes.load(Ordering::SeqCst) >= 1,
-        "the worker's connection went through the TLS listener"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(listener);
 }
 
-/// Mutual TLS: the listener requires a client certificate signed by the test CA, and the worker
-/// presents the PKCS#12 identity it is configured with (made here with `openssl pkcs12`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_presents_its_configured_client_certificate() {
-    use tokio_rustls::rustls::server::WebPkiClientVerifier;
-    use tokio_rustls::rustls::RootCertStore;
-
+async fn the_worker_presents_its_client_certificate_to_a_broker_that_requires_one() {
     let mut env = TestEnv::new().await;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::CrlSign,
-    ];
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let server_key = KeyPair::generate().expect("key");
-    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .signed_by(&server_key, &ca)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let client_cert = CertificateParams::new(vec!["worker".to_owned()])
-        .expect("params")
-        .signed_by(&client_key, &ca)
-        .expect("client cert");
+    env.config.consumer = format!("worker-tests-{}", env.id);
+    let pki = TestPki::generate(&env.id);
+    let listener = BrokerTlsListener::start(&pki, ClientAuth::Required);
+    env.config.amqp_url = format!("amqps://guest:guest@localhost:{}/%2f", listener.port);
+    env.config.amqp_tls.ca_file = Some(pki.path("ca.pem"));
 
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).expect("CA root");
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .build()
-            .expect("client verifier");
-    let server_config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![server_cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )
-        .expect("server config");
-    let (port, handshakes) = tls_listener(server_config).await;
+    // Without the client identity the broker refuses the handshake.
+    let error = start(&env)
+        .await
+        .expect_err("no client certificate, no connection");
+    assert!(error.contains("cannot connect to RabbitMQ"), "{error}");
 
-    let dir = std::env::temp_dir().join(format!("worker-mtls-{}", env.id));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
-    std::fs::write(dir.join("client.pem"), client_cert.pem()).expect("write client cert");
-    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write client key");
-    let status = std::process::Command::new("openssl")
-        .current_dir(&dir)
-        .args([
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "client.key",
-            "-in",
-            "client.pem",
-            "-certfile",
-            "ca.pem",
-            "-out",
-            "client.p12",
-            "-passout",
-            "pass:s3cret",
-        ])
-        .status()
-        .expect("openssl");
-    assert!(status.success(), "openssl pkcs12 -export");
-
-    env.config.amqp_url = format!("amqps://guest:guest@localhost:{port}/%2f");
-    env.config.amqp_tls.ca_file = Some(dir.join("ca.pem"));
-    // Without the client identity the listener refuses the handshake.
-    let refused = worker_rabbitmq::Worker::builder()
-        .handler(scripted)
-        .migrations(TestEnv::migrator())
-        .config(env.config.clone())
-        .start()
-        .await;
-    assert!(refused.is_err(), "no client certificate, no connection");
-
-    env.config.amqp_tls.client_identity = Some(dir.join("client.p12"));
+    env.config.amqp_tls.client_identity = Some(pki.path("client.p12"));
     env.config.amqp_tls.client_identity_password =
-        Some(worker_core::config::Secret("s3cret".into()));
+        Some(worker_core::config::Secret(CLIENT_IDENTITY_PASSWORD.into()));
     assert!(
-        !format!("{:?}", env.config).contains("s3cret"),
+        !format!("{:?}", env.config).contains(CLIENT_IDENTITY_PASSWORD),
         "the password never shows in Debug output"
     );
-    let worker = worker_rabbitmq::Worker::builder()
-        .handler(scripted)
-        .migrations(TestEnv::migrator())
-        .config(env.config.clone())
-        .start()
+    let worker = start(&env)
         .await
         .expect("starts with its client certificate");
     env.publish_json("Scripted", "evt_mtls", json!({})).await;
@@ -222,6 +111,5 @@ async fn the_worker_presents_its_configured_client_certificate() {
     })
     .await;
     worker.shutdown().await.unwrap();
-    assert!(handshakes.load(Ordering::SeqCst) >= 1);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(listener);
 }

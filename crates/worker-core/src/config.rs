@@ -5,6 +5,7 @@
 //! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | broker |
 //! | `WORKER_AMQP_CA_FILE` | unset | `amqps://`: PEM file of CA certificates to trust besides the system's |
 //! | `WORKER_AMQP_CLIENT_IDENTITY`, `WORKER_AMQP_CLIENT_IDENTITY_PASSWORD` | unset | `amqps://`: client certificate and key as a PKCS#12 file, and its password |
+//! | `WORKER_HEARTBEAT` | `10s` | AMQP heartbeat asked for (whole seconds) unless the URL sets `heartbeat=`; a silent connection is given up after about twice this |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | database |
 //! | `WORKER_EXCHANGE` | `events` | topic exchange producers publish to |
 //! | `WORKER_QUEUE_PREFIX` | empty | prepended to every queue name (isolates test runs) |
@@ -134,6 +135,9 @@ pub struct WorkerConfig {
     pub amqp_url: String,
     /// TLS settings for `amqps://` URLs.
     pub amqp_tls: AmqpTls,
+    /// AMQP heartbeat asked for, in whole seconds (a `heartbeat=` in the URL wins). A connection
+    /// on which nothing arrives for about twice this long is given up and replaced.
+    pub heartbeat: Duration,
     /// Database URL (may hold credentials: log it with [`redact_url`]).
     pub database_url: String,
     /// The topic exchange producers publish to.
@@ -176,6 +180,7 @@ impl Default for WorkerConfig {
         Self {
             amqp_url: DEFAULT_AMQP_URL.into(),
             amqp_tls: AmqpTls::default(),
+            heartbeat: Duration::from_secs(10),
             database_url: DEFAULT_DATABASE_URL.into(),
             exchange: "events".into(),
             queue_prefix: String::new(),
@@ -209,6 +214,8 @@ impl WorkerConfig {
                 client_identity_password: env_string("WORKER_AMQP_CLIENT_IDENTITY_PASSWORD")
                     .map(Secret),
             },
+            heartbeat: env_parse("WORKER_HEARTBEAT", parse_heartbeat)?
+                .unwrap_or(defaults.heartbeat),
             database_url: env_string("DATABASE_URL").unwrap_or(defaults.database_url),
             exchange: env_string("WORKER_EXCHANGE").unwrap_or(defaults.exchange),
             queue_prefix: env_string("WORKER_QUEUE_PREFIX").unwrap_or(defaults.queue_prefix),
@@ -351,6 +358,15 @@ fn parse_metrics_addr(value: &str) -> Result<Option<std::net::SocketAddr>, Strin
         .map_err(|_| "expected host:port (e.g. 0.0.0.0:9464) or `off`".into())
 }
 
+/// A heartbeat: whole seconds from 1 s to 65535 s (AMQP negotiates it in seconds, as a `u16`).
+fn parse_heartbeat(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration.subsec_nanos() != 0 || duration.is_zero() || duration.as_secs() > 65_535 {
+        return Err("expected whole seconds from 1s to 65535s".into());
+    }
+    Ok(duration)
+}
+
 fn parse_delivery_limit(value: &str) -> Result<Option<u32>, String> {
     if value.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -417,6 +433,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_heartbeat("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_heartbeat("1500ms").is_err());
+        assert!(parse_heartbeat("0s").is_err());
+        assert!(parse_heartbeat("1d").is_err());
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("fast").is_err());

@@ -1,5 +1,7 @@
 //! Opening AMQP connections on the tokio runtime.
 
+use std::time::Duration;
+
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 use worker_core::config::AmqpTls;
@@ -8,16 +10,17 @@ use worker_core::WorkerConfig;
 use crate::error::WorkerError;
 use worker_core::config::redact_url;
 
-/// Heartbeat asked for when the URL does not set one: a dead peer is noticed within seconds.
-const DEFAULT_HEARTBEAT_SECS: u16 = 10;
-
-/// `url` with `heartbeat=10` added unless it sets a heartbeat itself.
-fn with_heartbeat(url: &str) -> String {
+/// `url` with `heartbeat=<secs>` added unless it sets a heartbeat itself. lapin sends a
+/// heartbeat every half interval and gives the connection up (a connection error, which ends the
+/// session) when nothing at all has arrived for two intervals: a silent peer is noticed within
+/// about 2.5 heartbeats.
+fn with_heartbeat(url: &str, heartbeat: Duration) -> String {
     if url.contains("heartbeat=") {
         return url.to_owned();
     }
     let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}heartbeat={DEFAULT_HEARTBEAT_SECS}")
+    let secs = heartbeat.as_secs().clamp(1, u64::from(u16::MAX));
+    format!("{url}{separator}heartbeat={secs}")
 }
 
 /// The client side of TLS for `amqps://` URLs, read from the configured files.
@@ -62,7 +65,7 @@ pub(crate) async fn connect(config: &WorkerConfig, name: &str) -> Result<Connect
         .with_connection_name(name.into())
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
-    Connection::connect_with_config(&with_heartbeat(url), properties, tls)
+    Connection::connect_with_config(&with_heartbeat(url, config.heartbeat), properties, tls)
         .await
         .map_err(|source| WorkerError::Connect {
             url: redact_url(url),
@@ -72,17 +75,23 @@ pub(crate) async fn connect(config: &WorkerConfig, name: &str) -> Result<Connect
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::with_heartbeat;
 
     #[test]
     fn adds_a_heartbeat_unless_one_is_set() {
-        assert_eq!(with_heartbeat("amqp://h/%2f"), "amqp://h/%2f?heartbeat=10");
+        let ten = Duration::from_secs(10);
         assert_eq!(
-            with_heartbeat("amqp://h/%2f?frame_max=8192"),
-            "amqp://h/%2f?frame_max=8192&heartbeat=10"
+            with_heartbeat("amqp://h/%2f", ten),
+            "amqp://h/%2f?heartbeat=10"
         );
         assert_eq!(
-            with_heartbeat("amqp://h/%2f?heartbeat=30"),
+            with_heartbeat("amqp://h/%2f?frame_max=8192", Duration::from_secs(2)),
+            "amqp://h/%2f?frame_max=8192&heartbeat=2"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?heartbeat=30", ten),
             "amqp://h/%2f?heartbeat=30"
         );
     }
