@@ -1,7 +1,8 @@
 //! The README story on the example worker: `demo` publishes the burst, the outcomes are the
 //! advertised ones, the issuer-down order is found by trace id and, once the switch is fixed,
-//! replayed and charged exactly once. Also `handlers`, `topology --declare`, `--help` and the
-//! exit code when the broker is unreachable.
+//! replayed and charged exactly once; every paid order is shipped by the partitioned `ship-order`.
+//! Also `handlers`, `topology --declare` (the partitioned handler's real topology), `--help` and
+//! the exit code when the broker is unreachable.
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -32,6 +33,7 @@ const RECEIPTS: &str = "SELECT count(*) FROM receipts WHERE event_id = $1";
 async fn demo_outcomes_then_find_fix_and_replay() {
     // This test binary is the only one that touches the switch.
     std::env::set_var("PAYMENT_ISSUER_DOWN_FOR", "usr_77");
+    worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let worker = order_worker::worker()
         .config(env.config.clone())
@@ -70,6 +72,22 @@ async fn demo_outcomes_then_find_fix_and_replay() {
                 && env.count(CHARGES, &flaky).await == 1
         },
     )
+    .await;
+    // Each paid order's OrderPaid went through the outbox to the partitioned ship-order.
+    eventually("paid orders shipped", || async {
+        let mut shipped = true;
+        for n in ["_1", "_2", "_3", "_dbl", "_flaky"] {
+            let order = id_ending(n).0.replacen("evt_", "ord_", 1);
+            shipped &= env
+                .count(
+                    "SELECT count(*) FROM shipments WHERE order_id = $1 AND version = 1",
+                    &order,
+                )
+                .await
+                == 1;
+        }
+        shipped
+    })
     .await;
     let charge_dlq = format!("{}.dlq", env.queue("charge-on-order-placed"));
     eventually("poison and issuer-down orders dead-lettered", || async {
@@ -120,6 +138,7 @@ async fn demo_outcomes_then_find_fix_and_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_topology_help_and_exit_codes() {
+    worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let handlers = cli(&env, &["handlers", "--json"]).await;
     assert_eq!(handlers.code, 0, "{}", handlers.stderr);
@@ -128,12 +147,74 @@ async fn handlers_topology_help_and_exit_codes() {
     assert_eq!(list[0]["dedup"], true);
     assert_eq!(list[0]["retry"]["attempts"], 12);
     assert_eq!(list[1]["name"], "send-receipt");
+    let ship = &list[2];
+    assert_eq!(ship["name"], "ship-order");
+    assert_eq!(ship["partition"]["key"], "orderId");
+    assert_eq!(ship["partition"]["partitions"], 4);
+    assert_eq!(ship["partition"]["header"], "x-partition-key");
+    assert_eq!(list[0]["partition"], Value::Null);
     let table = cli(&env, &["handlers"]).await;
     assert!(table.stdout.starts_with("HANDLER"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("by orderId into 4"),
+        "{}",
+        table.stdout
+    );
+
+    let prefix = &env.config.queue_prefix;
+    let described = cli(&env, &["topology", "--json"]).await;
+    assert_eq!(described.code, 0, "{}", described.stderr);
+    let described = &json_lines(&described)[0];
+    let hash = format!("{prefix}ship-order.partition");
+    let exchanges = described["exchanges"].as_array().expect("exchanges");
+    let exchange = exchanges
+        .iter()
+        .find(|x| x["name"] == hash.as_str())
+        .unwrap_or_else(|| panic!("{hash} in {exchanges:?}"));
+    assert_eq!(exchange["type"], "x-consistent-hash");
+    assert_eq!(exchange["hashHeader"], "x-partition-key");
+    assert_eq!(
+        exchange["boundTo"]["exchange"],
+        env.config.exchange.as_str()
+    );
+    assert_eq!(exchange["boundTo"]["routingKey"], "OrderPaid");
+    let queues = described["queues"].as_array().expect("queues");
+    let queue = |name: String| {
+        queues
+            .iter()
+            .find(|q| q["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} in {queues:?}"))
+            .clone()
+    };
+    let ship_work = queue(format!("{prefix}ship-order"));
+    assert_eq!(
+        ship_work["boundTo"],
+        Value::Null,
+        "replays only: {ship_work}"
+    );
+    assert_eq!(ship_work["forwardsTo"], hash.as_str());
+    for k in 0..4 {
+        let partition = queue(format!("{prefix}ship-order.p{k}"));
+        assert_eq!(partition["singleActiveConsumer"], true);
+        assert_eq!(partition["boundTo"]["exchange"], hash.as_str());
+    }
+    assert!(
+        !queues
+            .iter()
+            .any(|q| q["name"] == format!("{prefix}ship-order.retry.1").as_str()),
+        "a partitioned handler retries in place: no delay queues"
+    );
 
     let topology = cli(&env, &["topology", "--declare"]).await;
     assert_eq!(topology.code, 0, "{}", topology.stderr);
     assert!(topology.stdout.contains(".dlq"), "{}", topology.stdout);
+    assert!(
+        topology
+            .stdout
+            .contains(&format!("exchange {hash} (x-consistent-hash")),
+        "{}",
+        topology.stdout
+    );
     let channel = env.connection.create_channel().await.expect("channel");
     let passive = QueueDeclareOptions {
         passive: true,
@@ -143,6 +224,9 @@ async fn handlers_topology_help_and_exit_codes() {
         "charge-on-order-placed",
         "charge-on-order-placed.dlq",
         "send-receipt.retry.1",
+        "ship-order",
+        "ship-order.p0",
+        "ship-order.p3",
     ] {
         channel
             .queue_declare(

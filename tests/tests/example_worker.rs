@@ -1,12 +1,14 @@
 //! The example order worker end to end: charges once per event even when the event is
-//! published twice (one after the other and concurrently), sends a receipt per delivery, and
-//! dead-letters a bad amount.
+//! published twice (one after the other and concurrently), sends a receipt per delivery,
+//! dead-letters a bad amount, and ships each paid order once through the partitioned,
+//! version-checked `ship-order` (fed by the `OrderPaid` the charge emits through the outbox).
 
 use serde_json::json;
 use worker_tests::{eventually, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_once_per_event_receipts_per_delivery_and_dead_letters_bad_amounts() {
+    worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let worker = order_worker::worker()
         .config(env.config.clone())
@@ -51,6 +53,11 @@ async fn charges_once_per_event_receipts_per_delivery_and_dead_letters_bad_amoun
                 >= 1
     })
     .await;
+    let shipped = "SELECT count(*) FROM shipments WHERE order_id = $1 AND version = 1";
+    eventually("both charged orders shipped", || async {
+        env.count(shipped, "ord_seq").await == 1 && env.count(shipped, "ord_conc").await == 1
+    })
+    .await;
     let charge_records = env.wait_dead_letters("charge-on-order-placed", 1).await;
     let receipt_records = env.wait_dead_letters("send-receipt", 1).await;
     eventually("work queues drained", || async {
@@ -92,6 +99,23 @@ async fn charges_once_per_event_receipts_per_delivery_and_dead_letters_bad_amoun
     assert_eq!(
         env.count(
             "SELECT count(*) FROM charges WHERE order_id = $1",
+            "ord_bad"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM processed_events WHERE handler = $1",
+            "ship-order"
+        )
+        .await,
+        2,
+        "one OrderPaid per charged order, each shipped once"
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM shipments WHERE order_id = $1",
             "ord_bad"
         )
         .await,

@@ -423,6 +423,7 @@ async fn retention_prunes_only_published_rows_past_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charge_emits_order_paid_through_the_outbox_and_ship_order_consumes_it() {
+    worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let worker = order_worker::worker()
         .config(env.config.clone())

@@ -1,5 +1,6 @@
 //! `order-worker demo` (or `run --demo`): a realistic burst of `OrderPlaced` events that shows
-//! dedup, retries and dead letters in the first minute.
+//! dedup, retries and dead letters in the first minute, and each paid order shipped by the
+//! partitioned `ship-order` from the `OrderPaid` the charge emitted through the outbox.
 
 use rand::Rng;
 use serde_json::json;
@@ -20,7 +21,7 @@ pub async fn burst(events: DemoPublisher) -> Result<String, DemoError> {
                 "OrderPlaced",
                 &id(n),
                 &order(n, user, amount),
-                "charged once, receipt sent",
+                "charged once, receipt sent, shipped",
             )
             .await?;
     }
@@ -30,7 +31,7 @@ pub async fn burst(events: DemoPublisher) -> Result<String, DemoError> {
                 "OrderPlaced",
                 &id("dbl"),
                 &order("dbl", "usr_12", 2500),
-                "double click x3: charged once (dedup), 3 receipts",
+                "double click x3: charged and shipped once (dedup), 3 receipts",
             )
             .await?;
     }
@@ -39,7 +40,7 @@ pub async fn burst(events: DemoPublisher) -> Result<String, DemoError> {
             "OrderPlaced",
             &id("flaky"),
             &order("flaky", "usr_33", 990),
-            "gateway times out once, charged on attempt 2",
+            "gateway times out once, charged on attempt 2, shipped",
         )
         .await?;
     let poison = events
@@ -63,7 +64,10 @@ pub async fn burst(events: DemoPublisher) -> Result<String, DemoError> {
          \x20 dlq list                       the poison order at once; usr_77's after its 12 attempts\n\
          \x20 dlq list --trace-id {}   the poison order, found by its trace id\n\
          \x20 dlq show {}        why usr_77's charge failed (trace {down})\n\
-         \x20 dlq stats                      one fingerprint per cause",
+         \x20 dlq stats                      one fingerprint per cause\n\
+         \x20 topology                       ship-order's 4 partition queues behind ship-order.partition\n\
+         Shipments (OrderPaid via the outbox, one order at a time in its partition):\n\
+         \x20 psql -h 127.0.0.1 -U postgres -c \"select order_id, version from shipments where order_id like 'ord_{run:04x}%'\"",
         &poison[..12],
         id("issuer"),
     ))

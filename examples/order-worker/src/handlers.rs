@@ -64,9 +64,21 @@ pub async fn charge_on_order_placed(
     Ok(())
 }
 
-/// Prepares the shipment of a paid order. Order-tolerant: an `OrderPaid` older than the version
-/// already shipped (a late redelivery or retry) is skipped instead of overwriting newer state.
-#[handler(event = "OrderPaid", dedup, retry = 12)]
+/// Prepares the shipment of a paid order. Partitioned by order: the outbox relay stamps each
+/// `OrderPaid` with `x-partition-key` = the order id (its aggregate), so one order's events are
+/// handled one at a time, in the order they were emitted, across every worker process. And still
+/// order-tolerant: an `OrderPaid` older than the version already shipped (a replay of an old
+/// dead letter, a producer that skips the outbox) is skipped instead of overwriting newer state.
+/// Few attempts and a short cap, because a failing event holds up its partition while it retries
+/// in place.
+#[handler(
+    event = "OrderPaid",
+    dedup,
+    retry = 5,
+    cap = "5s",
+    partition_key = "orderId",
+    partitions = 4
+)]
 pub async fn ship_order(
     event: OrderPaid,
     tx: &mut PgConnection,

@@ -1,7 +1,9 @@
 //! The order worker of the story: `charge-on-order-placed` charges each `OrderPlaced` event
 //! exactly once, `send-receipt` e-mails a receipt (at least once), and a bad order is
 //! dead-lettered with a reason. A charge emits `OrderPaid` through the transactional outbox (the
-//! worker runs the relay), and `ship-order` consumes it, skipping stale versions.
+//! worker runs the relay), and `ship-order` consumes it partitioned by order (one order's events
+//! in order, one at a time), skipping stale versions. `ship-order` needs the consistent-hash
+//! exchange plugin: `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`.
 
 pub mod demo;
 pub mod events;

@@ -34,7 +34,9 @@ pub struct OutboxEvent {
 
 impl OutboxEvent {
     /// An event of `event_type` about `aggregate_id` (the entity whose events must stay in
-    /// order, e.g. the order id) with a fresh random event id.
+    /// order, e.g. the order id) with a fresh random event id. The relay publishes the aggregate
+    /// id as the `x-partition-key` header too (unless [`header`](Self::header) set it), so a
+    /// partitioned consumer keyed by the same entity gets this aggregate's events in order.
     pub fn new(
         event_type: impl Into<String>,
         aggregate_id: impl Into<String>,

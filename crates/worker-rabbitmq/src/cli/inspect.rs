@@ -8,6 +8,7 @@ use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::json;
 use worker_core::config::QueueType;
+use worker_core::partition::PARTITION_KEY_HEADER;
 
 use super::args::TopologyArgs;
 use super::format::{duration, Colour, Console};
@@ -38,9 +39,13 @@ pub(super) async fn run(
         let mut console = Console::terminal();
         console.colour = colour;
         let result = async {
-            let connection = Arc::new(open(&setup).await?);
-            // Declared first (idempotent), so waiting never asks about a missing queue.
-            declare(&connection, &setup).await?;
+            let mut connection = Arc::new(open(&setup).await?);
+            // Declared first (idempotent), so waiting never asks about a missing queue. A failure
+            // (e.g. a missing plugin, which also closes the connection) is left to the worker,
+            // which declares the same topology and fails start-up with the reason: reported once.
+            if declare(&connection, &setup).await.is_err() {
+                connection = Arc::new(open(&setup).await?);
+            }
             wait_until_consuming(&connection, &setup).await;
             let result = publish_demo(&setup, &connection, false, &mut console).await;
             let _ = connection.close(200, "demo published").await;
@@ -65,20 +70,27 @@ async fn wait_until_consuming(connection: &Connection, setup: &Setup) {
     loop {
         let mut ready = true;
         for spec in &setup.specs {
-            let queue = setup.config.queue_name(spec.name);
-            let consumers = match connection.create_channel().await {
-                Ok(channel) => {
-                    let count = channel
-                        .queue_declare(&queue, passive, FieldTable::default())
-                        .await
-                        .map(|q| q.consumer_count())
-                        .unwrap_or(0);
-                    let _ = channel.close(200, "").await;
-                    count
-                }
-                Err(_) => 0,
-            };
-            ready &= consumers > 0;
+            let names = QueueNames::new(&setup.config, spec.name);
+            // A partitioned handler consumes its partition queues too (a passive declare counts
+            // the active consumer of a single-active-consumer queue).
+            let partitions = spec.partition.map_or(0, |p| p.partitions);
+            let queues = std::iter::once(names.work.clone())
+                .chain((0..partitions).map(|k| names.partition(k)));
+            for queue in queues {
+                let consumers = match connection.create_channel().await {
+                    Ok(channel) => {
+                        let count = channel
+                            .queue_declare(&queue, passive, FieldTable::default())
+                            .await
+                            .map(|q| q.consumer_count())
+                            .unwrap_or(0);
+                        let _ = channel.close(200, "").await;
+                        count
+                    }
+                    Err(_) => 0,
+                };
+                ready &= consumers > 0;
+            }
         }
         if ready {
             return;
@@ -98,6 +110,14 @@ fn no_demo() -> CliError {
     )
 }
 
+/// How `handlers` describes a handler's ordering: `by <field> into <n>` or `-`.
+fn partitioned(spec: &worker_core::HandlerSpec) -> String {
+    spec.partition.map_or_else(
+        || "-".to_owned(),
+        |p| format!("by {} into {}", p.key, p.partitions),
+    )
+}
+
 /// `handlers`.
 pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Result<u8, CliError> {
     if json {
@@ -105,19 +125,28 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
             .specs
             .iter()
             .map(|s| {
+                let names = QueueNames::new(&setup.config, s.name);
                 json!({
                     "name": s.name,
                     "eventType": s.event_type,
-                    "queue": setup.config.queue_name(s.name),
-                    "deadLetterQueue": QueueNames::new(&setup.config, s.name).dlq,
+                    "queue": names.work,
+                    "deadLetterQueue": names.dlq,
                     "dedup": s.dedup,
                     "retry": {
                         "attempts": s.retry.max_attempts,
                         "baseMs": s.retry.base.as_millis() as u64,
                         "capMs": s.retry.cap.as_millis() as u64,
                         "jitterMs": s.retry.jitter.as_millis() as u64,
+                        "inPlace": s.partition.is_some(),
                     },
                     "concurrency": s.concurrency,
+                    "partition": s.partition.map(|p| json!({
+                        "key": p.key,
+                        "header": PARTITION_KEY_HEADER,
+                        "partitions": p.partitions,
+                        "exchange": names.partition_exchange(),
+                        "queues": (0..p.partitions).map(|k| names.partition(k)).collect::<Vec<_>>(),
+                    })),
                 })
             })
             .collect();
@@ -128,16 +157,22 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
         .specs
         .iter()
         .map(|s| {
+            let names = QueueNames::new(&setup.config, s.name);
+            let queue = match s.partition {
+                Some(p) => format!("{}.p0…p{}", names.work, p.partitions.saturating_sub(1)),
+                None => names.work,
+            };
             vec![
                 (s.name.to_string(), Colour::Plain),
                 (s.event_type.to_string(), Colour::Plain),
-                (setup.config.queue_name(s.name), Colour::Plain),
+                (queue, Colour::Plain),
                 ((if s.dedup { "yes" } else { "no" }).into(), Colour::Plain),
                 (s.retry.max_attempts.to_string(), Colour::Plain),
                 (duration(s.retry.base), Colour::Plain),
                 (duration(s.retry.cap), Colour::Plain),
                 (duration(s.retry.jitter), Colour::Plain),
                 (s.concurrency.to_string(), Colour::Plain),
+                (partitioned(s), Colour::Plain),
             ]
         })
         .collect();
@@ -152,13 +187,14 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
             "CAP",
             "JITTER",
             "CONCURRENCY",
+            "PARTITIONED",
         ],
         &rows,
     );
     Ok(0)
 }
 
-/// `topology [--declare]`.
+/// `topology [--declare]`: what [`topology::declare_handler`] declares, with the bindings.
 pub(super) async fn topology(
     setup: &Setup,
     args: TopologyArgs,
@@ -169,47 +205,82 @@ pub(super) async fn topology(
         QueueType::Quorum => "quorum",
         QueueType::Classic => "classic",
     };
+    let delivery_limit = match (config.queue_type, config.delivery_limit) {
+        (QueueType::Quorum, Some(limit)) => Some(limit),
+        _ => None,
+    };
     let mut rows = Vec::new();
+    let mut exchange_lines = vec![format!("exchange {} (topic, durable)", config.exchange)];
+    let mut json_exchanges =
+        vec![json!({"name": config.exchange, "type": "topic", "durable": true})];
     let mut json_queues = Vec::new();
     for spec in &setup.specs {
         let names = QueueNames::new(config, spec.name);
-        rows.push(vec![
-            (names.work.clone(), Colour::Plain),
-            (work_type.to_string(), Colour::Plain),
-            (
-                format!("{} ← {} ({})", spec.name, config.exchange, spec.event_type),
-                Colour::Plain,
-            ),
-        ]);
-        json_queues.push(json!({"name": names.work, "type": work_type, "handler": spec.name,
-            "role": "work", "boundTo": {"exchange": config.exchange, "routingKey": spec.event_type}}));
         if let Some(partitioning) = spec.partition {
             let exchange = names.partition_exchange();
+            exchange_lines.push(format!(
+                "exchange {exchange} (x-consistent-hash on header {PARTITION_KEY_HEADER}, durable) \
+                 ← {} ({})",
+                config.exchange, spec.event_type
+            ));
+            json_exchanges.push(json!({"name": exchange, "type": "x-consistent-hash",
+                "durable": true, "handler": spec.name, "hashHeader": PARTITION_KEY_HEADER,
+                "boundTo": {"exchange": config.exchange, "routingKey": spec.event_type}}));
+            // Events reach the partition queues; `h` is not bound and only takes replays.
+            rows.push(vec![
+                (names.work.clone(), Colour::Plain),
+                (work_type.to_string(), Colour::Plain),
+                (
+                    format!(
+                        "{}: replays only (not bound); forwarded to {exchange}",
+                        spec.name
+                    ),
+                    Colour::Plain,
+                ),
+            ]);
+            json_queues.push(
+                json!({"name": names.work, "type": work_type, "handler": spec.name,
+                "role": "work", "boundTo": null, "forwardsTo": exchange}),
+            );
             for k in 0..partitioning.partitions {
                 let queue = names.partition(k);
                 rows.push(vec![
                     (queue.clone(), Colour::Plain),
-                    (format!("{work_type}, single active consumer"), Colour::Plain),
+                    (
+                        format!("{work_type}, single active consumer"),
+                        Colour::Plain,
+                    ),
                     (
                         format!(
-                            "partition {k} ← {exchange} (consistent hash of x-partition-key) ← {} ({})",
-                            config.exchange, spec.event_type
+                            "{}: partition {k} of {} (by {}) ← {exchange} (weight 1)",
+                            spec.name, partitioning.partitions, partitioning.key
                         ),
                         Colour::Plain,
                     ),
                 ]);
                 json_queues.push(
                     json!({"name": queue, "type": work_type, "handler": spec.name,
-                    "role": "partition", "singleActiveConsumer": true,
+                    "role": "partition", "partition": k, "singleActiveConsumer": true,
                     "boundTo": {"exchange": exchange, "routingKey": "1"}}),
                 );
             }
+        } else {
+            rows.push(vec![
+                (names.work.clone(), Colour::Plain),
+                (work_type.to_string(), Colour::Plain),
+                (
+                    format!("{} ← {} ({})", spec.name, config.exchange, spec.event_type),
+                    Colour::Plain,
+                ),
+            ]);
+            json_queues.push(json!({"name": names.work, "type": work_type, "handler": spec.name,
+                "role": "work", "boundTo": {"exchange": config.exchange, "routingKey": spec.event_type}}));
         }
         for level in 1..=crate::topology::delay_levels(spec) {
             let delay = spec.retry.base_delay(level);
             rows.push(vec![
                 (names.delay(level), Colour::Dim),
-                ("classic".into(), Colour::Dim),
+                (work_type.to_string(), Colour::Dim),
                 (
                     format!(
                         "delay {} + jitter ≤ {}, then back to {}",
@@ -221,10 +292,22 @@ pub(super) async fn topology(
                 ),
             ]);
             json_queues.push(
-                json!({"name": names.delay(level), "type": "classic", "handler": spec.name,
+                json!({"name": names.delay(level), "type": work_type, "handler": spec.name,
                 "role": "delay", "level": level, "delayMs": delay.as_millis() as u64,
                 "deadLettersTo": names.work}),
             );
+        }
+        if let Some(limit) = delivery_limit {
+            rows.push(vec![
+                (names.delivery_limit.clone(), Colour::Dim),
+                ("quorum".into(), Colour::Dim),
+                (
+                    format!("delivered {limit} times unsettled (crash loop), recorded in the DLQ"),
+                    Colour::Dim,
+                ),
+            ]);
+            json_queues.push(json!({"name": names.delivery_limit, "type": "quorum",
+                "handler": spec.name, "role": "delivery-limit", "deliveryLimit": limit}));
         }
         rows.push(vec![
             (names.dlq.clone(), Colour::Plain),
@@ -244,12 +327,14 @@ pub(super) async fn topology(
     if args.json {
         console.line(
             json!({"exchange": {"name": config.exchange, "type": "topic", "durable": true},
-                   "queues": json_queues, "declared": args.declare})
+                   "exchanges": json_exchanges, "queues": json_queues, "declared": args.declare})
             .to_string(),
         );
         return Ok(0);
     }
-    console.line(format!("exchange {} (topic, durable)", config.exchange));
+    for line in exchange_lines {
+        console.line(line);
+    }
     console.table(&["QUEUE", "TYPE", "WHAT"], &rows);
     if args.declare {
         console.line(console.paint(Colour::Green, "declared (idempotent; nothing consumed)"));
