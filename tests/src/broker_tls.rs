@@ -138,6 +138,7 @@ impl BrokerTlsListener {
     /// Starts a listener with `pki`'s server certificate on a free port. Panics with the
     /// broker's answer when it refuses.
     pub fn start(pki: &TestPki, client_auth: ClientAuth) -> Self {
+        stop_orphaned_listeners();
         let files =
             ["ca.pem", "server.pem", "server.key"].map(|name| erlang_string(&pki.path(name)));
         for file in &files {
@@ -195,6 +196,22 @@ impl Drop for BrokerTlsListener {
                 self.port
             );
         }
+    }
+}
+
+/// Stops the listeners of test processes that died before they could stop theirs (SIGKILL):
+/// those whose certificate file, in a directory of this module, no longer exists. A live test's
+/// files exist for as long as its listener runs (the listener is dropped first).
+fn stop_orphaned_listeners() {
+    let answer = eval(
+        "[rabbit_networking:stop_tcp_listener({inet:ntoa(Ip), Port}) \
+         || {listener, _, 'amqp/ssl', _, Ip, Port, Opts} <- rabbit_networking:active_listeners(), \
+            {certfile, File} <- Opts, \
+            string:find(File, \"/worker-broker-tls-\") =/= nomatch, \
+            not filelib:is_regular(File)].",
+    );
+    if !answer.starts_with('[') {
+        eprintln!("looking for orphaned TLS listeners on the broker failed: {answer}");
     }
 }
 
