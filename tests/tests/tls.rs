@@ -63,6 +63,24 @@ async fn the_worker_verifies_the_brokers_certificate_against_its_ca_file() {
     );
 
     env.config.amqp_tls.ca_file = Some(pki.path("ca.pem"));
+    // A trusted certificate for another name is refused too: it names `localhost`, not the
+    // address the URL uses.
+    let by_address = env.config.amqp_url.replace("@localhost:", "@127.0.0.1:");
+    let mut config = env.config.clone();
+    config.amqp_url = by_address;
+    let error = worker_rabbitmq::Worker::builder()
+        .handler(scripted)
+        .migrations(TestEnv::migrator())
+        .config(config)
+        .start()
+        .await
+        .expect_err("a certificate for another host name is refused")
+        .to_string();
+    assert!(
+        error.contains("cannot connect to RabbitMQ at amqps://"),
+        "{error}"
+    );
+
     let worker = start(&env).await.expect("starts over TLS");
     assert!(
         tls_connection_names()
