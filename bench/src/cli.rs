@@ -38,6 +38,15 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub in_flight: u16,
 
+    /// The framework's `WORKER_BATCH_SIZE` for (d): most deliveries per dedup transaction
+    /// (default: the framework's, half of --in-flight up to 50; 1 turns batching off).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+
+    /// The framework's `WORKER_BATCH_LINGER` for (d), in milliseconds (default 0: never wait).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub batch_linger_ms: u64,
+
     /// Publish at this many messages per second while consuming (no backlog), to measure
     /// latency at a steady load; e.g. `--rate 500 --messages 5000`.
     #[arg(long, value_name = "MSG_PER_S")]

@@ -144,6 +144,8 @@ fn spawn_child(args: &Args, scenario: Scenario, namespace: &str) -> Result<Child
         .args(["--messages", &args.messages.to_string()])
         .args(["--duplicates", &args.duplicates.to_string()])
         .args(["--in-flight", &args.in_flight.to_string()])
+        .args(["--batch-linger-ms", &args.batch_linger_ms.to_string()])
+        .args(args.batch_size.map(|size| format!("--batch-size={size}")))
         .args(["--timeout", &args.timeout.to_string()])
         .args(["--payload-bytes", &args.payload_bytes.to_string()])
         .args(["--amqp-url", &args.amqp_url])

@@ -63,6 +63,8 @@ impl Namespace {
             db_schema: Identifier::new(&id).expect("bench ids are identifiers"),
             consumer: "worker-bench".into(),
             metrics_addr: None,
+            batch_size: args.batch_size,
+            batch_linger: std::time::Duration::from_millis(args.batch_linger_ms),
             handlers,
             ..WorkerConfig::default()
         };

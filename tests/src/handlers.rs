@@ -23,6 +23,8 @@ pub struct Scripted {
     pub fail_total: i64,
     /// Abort the whole process (a crash loop: the worker dies on this event every time).
     pub abort: bool,
+    /// Dedup handler: write the effect row before failing, so only a rollback removes it.
+    pub fail_after_effect: bool,
 }
 
 async fn record_attempt(ctx: &Context) -> Result<(), HandlerError> {
@@ -82,6 +84,9 @@ pub async fn scripted(
     if event.sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(event.sleep_ms)).await;
     }
+    if event.fail_after_effect {
+        insert_effect(tx, ctx).await?;
+    }
     scripted_failure(&event, ctx)?;
     if event.fail_total > 0 {
         let recorded: i64 = sqlx::query_scalar(
@@ -98,6 +103,13 @@ pub async fn scripted(
             )));
         }
     }
+    if !event.fail_after_effect {
+        insert_effect(tx, ctx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_effect(tx: &mut PgConnection, ctx: &Context) -> Result<(), HandlerError> {
     sqlx::query("INSERT INTO effects (event_id, handler) VALUES ($1, $2)")
         .bind(ctx.event_id())
         .bind(ctx.handler())

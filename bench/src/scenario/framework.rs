@@ -1,5 +1,6 @@
 //! (b) and (d): the framework itself, a `Worker` with one `#[handler]`, timed by an observer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,20 @@ pub async fn dedup_insert(
 #[derive(Debug)]
 struct Timing(Arc<Recorder>);
 
+/// Counts the committed dedup transactions and the deliveries they held.
+#[derive(Debug, Default, Clone)]
+struct Transactions {
+    count: Arc<AtomicU64>,
+    deliveries: Arc<AtomicU64>,
+}
+
+impl Observer for Transactions {
+    fn batch_committed(&self, _handler: &str, size: usize) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.deliveries.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
 impl Observer for Timing {
     fn received(&self, _handler: &str, message: &InboundMessage) {
         self.0.received();
@@ -74,9 +89,11 @@ pub async fn run(
     recorder: &Arc<Recorder>,
     timeout: Duration,
 ) -> Result<(), BoxError> {
+    let transactions = Transactions::default();
     let builder = Worker::builder()
         .config(namespace.config.clone())
-        .observer(Timing(Arc::clone(recorder)));
+        .observer(Timing(Arc::clone(recorder)))
+        .observer(transactions.clone());
     let builder = match scenario {
         Scenario::D => builder.handler(dedup_insert),
         _ => builder.handler(noop),
@@ -85,5 +102,14 @@ pub async fn run(
     super::ready();
     let _ = recorder.wait(timeout).await;
     worker.shutdown().await?;
+    let count = transactions.count.load(Ordering::Relaxed);
+    if count > 0 {
+        let deliveries = transactions.deliveries.load(Ordering::Relaxed);
+        eprintln!(
+            "{}: {count} dedup transactions, {:.1} deliveries each on average",
+            scenario.title(),
+            deliveries as f64 / count as f64
+        );
+    }
     Ok(())
 }

@@ -19,6 +19,8 @@
 //! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
 //! | `WORKER_MAX_PAYLOAD_BYTES` | `4194304` (4 MiB) | larger message bodies are dead-lettered as poison without being decoded |
 //! | `WORKER_DELIVERY_LIMIT` | `20` | quorum work queues: deliveries after which the broker dead-letters a message that was never settled (crash loop); `off` for none |
+//! | `WORKER_BATCH_SIZE` | half the handler's concurrency, at most 50 | dedup handlers: most deliveries processed in one transaction (a savepoint each) when they are ready together; `1` turns batching off |
+//! | `WORKER_BATCH_LINGER` | `0ms` | how long a batch waits for more deliveries after its first; `0ms` never waits, so batches form only from a backlog |
 //! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
 //! | `WORKER_HANDLER_<NAME>_RETRY_ATTEMPTS` (`_BASE`, `_CAP`, `_JITTER`), `WORKER_HANDLER_<NAME>_CONCURRENCY` | | override one handler (`<NAME>`: the handler name upper-cased, `-` → `_`) |
@@ -36,6 +38,10 @@ use crate::handler::HandlerSpec;
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Default database URL.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Largest default batch: Postgres keeps 64 subtransactions (savepoints that wrote) per
+/// transaction in its fast path, and a batch uses one per event.
+pub const MAX_DEFAULT_BATCH_SIZE: usize = 50;
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +173,11 @@ pub struct WorkerConfig {
     /// Quorum work queues' `x-delivery-limit`: deliveries after which the broker dead-letters a
     /// message that never got settled (a crash loop); `None`: no limit.
     pub delivery_limit: Option<u32>,
+    /// Dedup handlers: most deliveries in one batched transaction; `None`: half the handler's
+    /// concurrency, at most [`MAX_DEFAULT_BATCH_SIZE`] (see [`WorkerConfig::batch_size_for`]).
+    pub batch_size: Option<usize>,
+    /// How long a batch waits for more deliveries after its first (zero: never).
+    pub batch_linger: Duration,
     /// Overrides for every handler.
     pub retry: RetryOverrides,
     /// Overrides per handler name (set in code or tests; applied after `retry`).
@@ -195,6 +206,8 @@ impl Default for WorkerConfig {
             lag_poll_interval: Duration::from_secs(15),
             max_payload_bytes: 4 * 1024 * 1024,
             delivery_limit: Some(20),
+            batch_size: None,
+            batch_linger: Duration::ZERO,
             retry: RetryOverrides::default(),
             handlers: HashMap::new(),
             read_handler_env: false,
@@ -241,6 +254,9 @@ impl WorkerConfig {
                 .unwrap_or(defaults.max_payload_bytes),
             delivery_limit: env_parse("WORKER_DELIVERY_LIMIT", parse_delivery_limit)?
                 .unwrap_or(defaults.delivery_limit),
+            batch_size: env_parse("WORKER_BATCH_SIZE", parse_positive)?.or(defaults.batch_size),
+            batch_linger: env_parse("WORKER_BATCH_LINGER", parse_duration)?
+                .unwrap_or(defaults.batch_linger),
             retry: RetryOverrides::from_env("WORKER_")?,
             handlers: HashMap::new(),
             read_handler_env: true,
@@ -283,6 +299,16 @@ impl WorkerConfig {
             return Err(invalid("concurrency must be at least 1"));
         }
         Ok(spec)
+    }
+
+    /// The most deliveries of a dedup handler with this `concurrency` that share a transaction:
+    /// [`WorkerConfig::batch_size`], else half the concurrency (so one batch fills while the
+    /// previous one commits) and at most [`MAX_DEFAULT_BATCH_SIZE`]; never above the concurrency.
+    pub fn batch_size_for(&self, concurrency: usize) -> usize {
+        let size = self
+            .batch_size
+            .unwrap_or((concurrency / 2).min(MAX_DEFAULT_BATCH_SIZE));
+        size.clamp(1, concurrency.max(1))
     }
 
     /// The name of a handler's queues start with this: prefix + handler name.

@@ -40,6 +40,12 @@ pub trait Observer: Send + Sync + 'static {
         let _ = (handler, event_id);
     }
 
+    /// A dedup transaction of `handler` committed; `size` deliveries shared it (1 unless they
+    /// were batched). Called before [`Observer::committed`] for each of its processed events.
+    fn batch_committed(&self, handler: &str, size: usize) {
+        let _ = (handler, size);
+    }
+
     /// The transport settled a delivery.
     fn settled(&self, settlement: &Settlement<'_>) {
         let _ = settlement;
@@ -69,6 +75,10 @@ impl Observer for Observers {
 
     fn committed(&self, handler: &str, event_id: &str) {
         self.0.iter().for_each(|o| o.committed(handler, event_id));
+    }
+
+    fn batch_committed(&self, handler: &str, size: usize) {
+        self.0.iter().for_each(|o| o.batch_committed(handler, size));
     }
 
     fn settled(&self, settlement: &Settlement<'_>) {

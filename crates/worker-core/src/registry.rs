@@ -18,6 +18,14 @@ pub trait ErasedHandler: Send + Sync + 'static {
         runtime: &'a Runtime,
         message: &'a InboundMessage,
     ) -> BoxFuture<'a, Disposition>;
+    /// Runs the pipeline for several deliveries; for a dedup handler in one transaction (see
+    /// [`pipeline::batch`]). One disposition per message, in order.
+    fn process_batch<'a>(
+        &'a self,
+        spec: &'a HandlerSpec,
+        runtime: &'a Runtime,
+        messages: &'a [InboundMessage],
+    ) -> BoxFuture<'a, Vec<Disposition>>;
 }
 
 impl<H: Handler> ErasedHandler for H {
@@ -32,6 +40,17 @@ impl<H: Handler> ErasedHandler for H {
         message: &'a InboundMessage,
     ) -> BoxFuture<'a, Disposition> {
         Box::pin(pipeline::process(self, spec, runtime, message))
+    }
+
+    fn process_batch<'a>(
+        &'a self,
+        spec: &'a HandlerSpec,
+        runtime: &'a Runtime,
+        messages: &'a [InboundMessage],
+    ) -> BoxFuture<'a, Vec<Disposition>> {
+        Box::pin(pipeline::batch::process_batch(
+            self, spec, runtime, messages,
+        ))
     }
 }
 

@@ -19,6 +19,7 @@ use worker_core::registry::ErasedHandler;
 use worker_core::HandlerSpec;
 use worker_core::{Disposition, InboundMessage};
 
+use crate::batch::Batching;
 use crate::convert;
 use crate::error::WorkerError;
 use crate::partition;
@@ -34,6 +35,8 @@ pub(crate) struct HandlerRunner {
     pub(crate) names: QueueNames,
     pub(crate) runtime: Runtime,
     pub(crate) publisher: Arc<Publisher>,
+    /// How the work queue's deliveries are grouped into transactions.
+    pub(crate) batching: Batching,
 }
 
 /// Signals shared by the consumers of one worker.
@@ -85,9 +88,13 @@ impl HandlerRunner {
         if counts_for_readiness {
             self.health.consumer_started();
         }
-        let result = self
-            .consume_deliveries(&mut consumer, &stop, &in_flight, source, &queue)
-            .await;
+        let result = if source == Source::Work && self.batching.size > 1 {
+            self.consume_batches(&mut consumer, &stop, &in_flight, &queue, self.batching)
+                .await
+        } else {
+            self.consume_deliveries(&mut consumer, &stop, &in_flight, source, &queue)
+                .await
+        };
         if counts_for_readiness {
             self.health.consumer_stopped();
         }
@@ -243,5 +250,5 @@ pub(crate) enum Source {
 }
 
 /// Backoff while the database is unavailable.
-const FIRST_DATABASE_PAUSE: Duration = Duration::from_millis(500);
-const MAX_DATABASE_PAUSE: Duration = Duration::from_secs(10);
+pub(crate) const FIRST_DATABASE_PAUSE: Duration = Duration::from_millis(500);
+pub(crate) const MAX_DATABASE_PAUSE: Duration = Duration::from_secs(10);

@@ -22,6 +22,7 @@
 //! }
 //! ```
 
+mod batch;
 pub mod cli;
 mod connection;
 mod consumer;

@@ -20,6 +20,7 @@ use worker_core::telemetry::health::Health;
 use worker_core::telemetry::metrics::Metrics;
 use worker_core::{HandlerSpec, WorkerConfig};
 
+use crate::batch::Batching;
 use crate::connection::connect;
 use crate::consumer::{HandlerRunner, Source, Stop};
 use crate::error::WorkerError;
@@ -103,6 +104,7 @@ impl Blueprint {
                 names: names.clone(),
                 runtime: self.runtime.clone(),
                 publisher: Arc::clone(&publisher),
+                batching: batching(&self.config, spec),
             });
             if self.config.queue_type == QueueType::Quorum && self.config.delivery_limit.is_some() {
                 let channel = connection
@@ -248,5 +250,18 @@ pub(crate) async fn supervise(blueprint: Blueprint, mut session: Session) -> Lef
                 }
             }
         }
+    }
+}
+
+/// Batches for dedup handlers that are not partitioned (a partition handles one event at a time).
+fn batching(config: &WorkerConfig, spec: &HandlerSpec) -> Batching {
+    let size = if spec.dedup && spec.partition.is_none() {
+        config.batch_size_for(spec.concurrency)
+    } else {
+        1
+    };
+    Batching {
+        size,
+        linger: config.batch_linger,
     }
 }

@@ -14,7 +14,7 @@ use crate::topology::QueueNames;
 
 /// Pause before giving a delivery back, so a database outage or a broken publish does not turn
 /// into a hot redelivery loop.
-const GIVE_BACK_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const GIVE_BACK_PAUSE: Duration = Duration::from_secs(1);
 
 /// How a settlement ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +33,50 @@ pub(crate) async fn settle(
     names: &QueueNames,
     publisher: &Publisher,
 ) -> Settled {
-    let durable = match disposition {
-        Disposition::Processed | Disposition::Duplicate => Ok(()),
+    match make_durable(disposition, names, publisher).await {
+        Durability::GiveBack(reason) => {
+            tracing::warn!(
+                reason,
+                "giving the delivery back without spending an attempt"
+            );
+            give_back(acker).await
+        }
+        Durability::Durable => match acker.ack(BasicAckOptions::default()).await {
+            Ok(()) => Settled::Acked,
+            Err(error) => {
+                // The outcome is durable but the broker will redeliver: dedup makes that harmless.
+                tracing::warn!(%error, "ack failed after the outcome was durable; the broker will redeliver");
+                Settled::GivenBack
+            }
+        },
+        Durability::Failed(error) => {
+            tracing::error!(%error, "could not make the outcome durable; giving the delivery back");
+            give_back(acker).await
+        }
+    }
+}
+
+/// Whether a delivery's outcome is durable, so that it may be acked.
+#[derive(Debug)]
+pub(crate) enum Durability {
+    /// Committed, or its retry copy or dead letter confirmed: ack.
+    Durable,
+    /// Not the message's fault: give it back without acking.
+    GiveBack(String),
+    /// The retry copy or dead letter was not confirmed: give it back.
+    Failed(PublishError),
+}
+
+/// Makes a disposition's outcome durable before its ack: publishes the retry copy or the dead
+/// letter and waits for the broker's confirm. Processed and duplicate deliveries are durable
+/// already (committed).
+pub(crate) async fn make_durable(
+    disposition: &Disposition,
+    names: &QueueNames,
+    publisher: &Publisher,
+) -> Durability {
+    let published = match disposition {
+        Disposition::Processed | Disposition::Duplicate => return Durability::Durable,
         Disposition::Retry {
             message,
             level,
@@ -55,27 +97,11 @@ pub(crate) async fn settle(
         Disposition::DeadLetter { message, span, .. } => {
             publish_in(span, publisher, &names.dlq, message).await
         }
-        Disposition::GiveBack { reason } => {
-            tracing::warn!(
-                reason,
-                "giving the delivery back without spending an attempt"
-            );
-            return give_back(acker).await;
-        }
+        Disposition::GiveBack { reason } => return Durability::GiveBack(reason.clone()),
     };
-    match durable {
-        Ok(()) => match acker.ack(BasicAckOptions::default()).await {
-            Ok(()) => Settled::Acked,
-            Err(error) => {
-                // The outcome is durable but the broker will redeliver: dedup makes that harmless.
-                tracing::warn!(%error, "ack failed after the outcome was durable; the broker will redeliver");
-                Settled::GivenBack
-            }
-        },
-        Err(error) => {
-            tracing::error!(%error, "could not make the outcome durable; giving the delivery back");
-            give_back(acker).await
-        }
+    match published {
+        Ok(()) => Durability::Durable,
+        Err(error) => Durability::Failed(error),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Recording processed events inside the handler's transaction.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -10,6 +11,8 @@ use super::identifier::Identifier;
 #[derive(Debug, Clone)]
 pub struct DedupStore {
     insert_sql: String,
+    insert_many_sql: String,
+    delete_sql: String,
     prune_sql: String,
     schema: Identifier,
 }
@@ -22,6 +25,12 @@ impl DedupStore {
             insert_sql: format!(
                 "INSERT INTO {table} (handler, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1"
             ),
+            // Sorted, so that two transactions claiming overlapping batches take the row locks in
+            // the same order and cannot deadlock on each other.
+            insert_many_sql: format!(
+                "INSERT INTO {table} (handler, event_id) SELECT $1, id FROM unnest($2::text[]) AS id ORDER BY id ON CONFLICT DO NOTHING RETURNING event_id"
+            ),
+            delete_sql: format!("DELETE FROM {table} WHERE handler = $1 AND event_id = $2"),
             prune_sql: format!(
                 "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE processed_at < now() - $1::interval LIMIT 10000)"
             ),
@@ -54,6 +63,38 @@ impl DedupStore {
             .fetch_optional(tx)
             .await?;
         Ok(row.is_some())
+    }
+
+    /// Claims several events in one statement, in the caller's transaction; returns the ids claimed
+    /// now (each at most once, whatever the input repeats). The others were already processed.
+    pub async fn claim_all(
+        &self,
+        tx: &mut PgConnection,
+        handler: &str,
+        event_ids: &[&str],
+    ) -> Result<HashSet<String>, sqlx::Error> {
+        let rows: Vec<String> = sqlx::query_scalar(&self.insert_many_sql)
+            .bind(handler)
+            .bind(event_ids)
+            .fetch_all(tx)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Takes back a claim made earlier in the caller's transaction (its handler failed, and the
+    /// transaction goes on for the other events of the batch).
+    pub async fn unclaim(
+        &self,
+        tx: &mut PgConnection,
+        handler: &str,
+        event_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&self.delete_sql)
+            .bind(handler)
+            .bind(event_id)
+            .execute(tx)
+            .await?;
+        Ok(())
     }
 
     /// Deletes up to 10,000 rows older than `retention`; returns how many it deleted.

@@ -4,8 +4,10 @@
 //! The pipeline never talks to the broker: it returns a [`Disposition`] and the transport carries
 //! it out, acking only after the outcome is durable. One step per file:
 //! [`envelope`] (ids, type, attempts, trace), [`decode`] (payload), [`transaction`] (dedup +
-//! handler + commit), [`failure`] (retry copy or dead-letter record).
+//! handler + commit), [`failure`] (retry copy or dead-letter record), and [`batch`] (several
+//! deliveries of one dedup handler in one transaction, a savepoint each).
 
+pub mod batch;
 pub mod decode;
 pub mod delivery_limit;
 pub mod disposition;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tracing::Instrument;
 
+use crate::context::Context;
 use crate::dedup::store::DedupStore;
 use crate::handler::{Handler, HandlerSpec};
 use crate::message::inbound::InboundMessage;
@@ -57,21 +60,37 @@ pub async fn process<H: Handler>(
     runtime: &Runtime,
     message: &InboundMessage,
 ) -> Disposition {
+    let (envelope, span) = open(spec, message);
+    let disposition = async {
+        match prepare::<H>(spec, runtime, message, &envelope) {
+            Prepared::Settled(disposition) => *disposition,
+            Prepared::Ready { event, ctx } => {
+                let outcome = transaction::run(handler, spec, runtime, event, &ctx).await;
+                conclude(spec, runtime, message, &envelope, outcome)
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    finish(&span, disposition)
+}
+
+/// Opens the envelope and the delivery's consumer span (its trace attached).
+pub(crate) fn open(spec: &HandlerSpec, message: &InboundMessage) -> (Envelope, tracing::Span) {
     let mut envelope = Envelope::open(message, spec.retry.max_attempts);
     let span = process_span(spec, message, &envelope);
     propagation::attach(&span, &mut envelope.trace);
     span.record("trace_id", envelope.trace.trace_id.as_str());
-    async {
-        let disposition = run(handler, spec, runtime, message, &envelope).await;
-        let current = tracing::Span::current();
-        current.record("worker.outcome", disposition.outcome_name());
-        if !matches!(disposition, Disposition::Processed | Disposition::Duplicate) {
-            current.record("otel.status_code", "error");
-        }
-        disposition
+    (envelope, span)
+}
+
+/// Records the outcome on the delivery's span.
+pub(crate) fn finish(span: &tracing::Span, disposition: Disposition) -> Disposition {
+    span.record("worker.outcome", disposition.outcome_name());
+    if !matches!(disposition, Disposition::Processed | Disposition::Duplicate) {
+        span.record("otel.status_code", "error");
     }
-    .instrument(span)
-    .await
+    disposition
 }
 
 /// The consumer span of one delivery, named and attributed per the OpenTelemetry messaging
@@ -107,68 +126,69 @@ fn process_span(
     )
 }
 
-async fn run<H: Handler>(
-    handler: &H,
+/// A delivery after the checks that need no database.
+pub(crate) enum Prepared<E> {
+    /// Settled already: poison (too large, no usable id, undecodable, no partition key).
+    Settled(Box<Disposition>),
+    /// Ready for the handler.
+    Ready {
+        /// The decoded event.
+        event: E,
+        /// The handler's context.
+        ctx: Context,
+    },
+}
+
+/// Size limit, event id, payload and partition key; call inside the delivery's span.
+pub(crate) fn prepare<H: Handler>(
     spec: &HandlerSpec,
     runtime: &Runtime,
     message: &InboundMessage,
     envelope: &Envelope,
-) -> Disposition {
-    if message.body.len() > runtime.max_payload_bytes {
-        let problem = format!(
-            "payload is {} bytes; the limit is {} (WORKER_MAX_PAYLOAD_BYTES)",
-            message.body.len(),
-            runtime.max_payload_bytes
-        );
-        return failure::dead_letter(
+) -> Prepared<H::Event> {
+    let poison = |problem: &str| {
+        Prepared::Settled(Box::new(failure::dead_letter(
             spec,
             runtime,
             message,
             envelope,
-            &problem,
+            problem,
             crate::ErrorKind::Poison,
-        );
+        )))
+    };
+    if message.body.len() > runtime.max_payload_bytes {
+        return poison(&format!(
+            "payload is {} bytes; the limit is {} (WORKER_MAX_PAYLOAD_BYTES)",
+            message.body.len(),
+            runtime.max_payload_bytes
+        ));
     }
     let event_id = match &envelope.event_id {
         Ok(id) => id.clone(),
-        Err(problem) => {
-            return failure::dead_letter(
-                spec,
-                runtime,
-                message,
-                envelope,
-                &problem.to_string(),
-                crate::ErrorKind::Poison,
-            )
-        }
+        Err(problem) => return poison(&problem.to_string()),
     };
     let event: H::Event = match decode::payload(&message.body, &envelope.event_type) {
         Ok(event) => event,
-        Err(problem) => {
-            return failure::dead_letter(
-                spec,
-                runtime,
-                message,
-                envelope,
-                &problem.to_string(),
-                crate::ErrorKind::Poison,
-            )
-        }
+        Err(problem) => return poison(&problem.to_string()),
     };
     if let Some(partitioning) = &spec.partition {
         if let Err(problem) = crate::partition::key_of(partitioning, message) {
-            return failure::dead_letter(
-                spec,
-                runtime,
-                message,
-                envelope,
-                &problem.to_string(),
-                crate::ErrorKind::Poison,
-            );
+            return poison(&problem.to_string());
         }
     }
     let ctx = envelope.context(event_id, spec, runtime.pool.clone());
-    match transaction::run(handler, spec, runtime, event, &ctx).await {
+    Prepared::Ready { event, ctx }
+}
+
+/// The disposition after the transaction step; call inside the delivery's span.
+pub(crate) fn conclude(
+    spec: &HandlerSpec,
+    runtime: &Runtime,
+    message: &InboundMessage,
+    envelope: &Envelope,
+    outcome: transaction::Outcome,
+) -> Disposition {
+    match outcome {
         transaction::Outcome::Done => Disposition::Processed,
         transaction::Outcome::Duplicate => Disposition::Duplicate,
         transaction::Outcome::DatabaseUnavailable(reason) => Disposition::GiveBack { reason },

@@ -66,6 +66,7 @@ pub async fn run<H: Handler>(
     }
     match tx.commit().await {
         Ok(()) => {
+            runtime.observer.batch_committed(spec.name, 1);
             runtime.observer.committed(spec.name, ctx.event_id());
             Outcome::Done
         }
@@ -74,7 +75,7 @@ pub async fn run<H: Handler>(
 }
 
 /// Calls the handler, turning a panic into a retryable failure (`panic: <message>`).
-async fn call<H: Handler>(
+pub(crate) async fn call<H: Handler>(
     handler: &H,
     event: H::Event,
     ctx: &Context,

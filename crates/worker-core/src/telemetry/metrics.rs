@@ -9,6 +9,7 @@
 //! | `worker_redeliveries_total` | counter | handler | deliveries the broker flagged as redelivered |
 //! | `worker_queue_messages` | gauge | handler, queue | ready messages in the `work` queue, the `retry` delay queues, the `dlq` (polled) |
 //! | `worker_message_age_seconds` | histogram | handler | now − the message's AMQP `timestamp` when processing starts |
+//! | `worker_batch_size` | histogram | handler | deliveries per committed dedup transaction: 1 without a backlog, up to `WORKER_BATCH_SIZE` with one |
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -72,6 +73,7 @@ pub struct Metrics {
     redeliveries: Family<HandlerLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
     message_age: HistogramFamily,
+    batch_size: HistogramFamily,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +84,10 @@ impl std::fmt::Debug for Metrics {
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16)) // 1 ms .. ~33 s
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 8)) // 1 .. 128 deliveries
 }
 
 fn age_histogram() -> Histogram {
@@ -136,6 +142,12 @@ impl Metrics {
             Unit::Seconds,
             message_age.clone(),
         );
+        let batch_size: HistogramFamily = Family::new_with_constructor(batch_histogram);
+        registry.register(
+            "batch_size",
+            "Deliveries per committed dedup transaction",
+            batch_size.clone(),
+        );
         Self {
             registry,
             messages,
@@ -144,6 +156,7 @@ impl Metrics {
             redeliveries,
             queue_depth,
             message_age,
+            batch_size,
         }
     }
 
@@ -187,6 +200,12 @@ impl Observer for Metrics {
                 .get_or_create(&handler(name))
                 .observe((now - sent as f64).max(0.0));
         }
+    }
+
+    fn batch_committed(&self, name: &str, size: usize) {
+        self.batch_size
+            .get_or_create(&handler(name))
+            .observe(size as f64);
     }
 
     fn settled(&self, s: &Settlement<'_>) {
