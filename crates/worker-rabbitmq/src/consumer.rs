@@ -182,9 +182,14 @@ impl HandlerRunner {
             acked,
             duration: started.elapsed(),
         };
-        if let Some(settled) = partition::forward_replay(self, &acker, &message, source).await {
-            observer.settled(&settlement("forwarded", None, settled == Settled::Acked));
-            return;
+        if self.spec.partition.is_some() {
+            // Boxed, like the other rare paths below: every delivery in flight would otherwise
+            // carry room for their futures.
+            let forwarded = Box::pin(partition::forward_replay(self, &acker, &message, source));
+            if let Some(settled) = forwarded.await {
+                observer.settled(&settlement("forwarded", None, settled == Settled::Acked));
+                return;
+            }
         }
         let disposition = tokio::select! {
             biased;
@@ -196,7 +201,7 @@ impl HandlerRunner {
             }
             disposition = async {
                 match source {
-                    Source::Partition(k) => partition::process_in_place(self, &message, k, &consuming).await,
+                    Source::Partition(k) => Box::pin(partition::process_in_place(self, &message, k, &consuming)).await,
                     _ => self.disposition(&message, source).await,
                 }
             } => disposition,

@@ -31,6 +31,7 @@ pub mod demo;
 pub mod dlq;
 mod error;
 mod lag;
+mod ledger;
 mod partition;
 mod publisher;
 pub mod relay;

@@ -92,10 +92,12 @@ pub(crate) async fn make_durable(
                 queue,
                 "publishing retry copy"
             );
-            publish_in(span, publisher, &queue, message).await
+            // Boxed: the publish future is large and rare, and every delivery in flight would
+            // otherwise carry room for it.
+            Box::pin(publish_in(span, publisher, &queue, message)).await
         }
         Disposition::DeadLetter { message, span, .. } => {
-            publish_in(span, publisher, &names.dlq, message).await
+            Box::pin(publish_in(span, publisher, &names.dlq, message)).await
         }
         Disposition::GiveBack { reason } => return Durability::GiveBack(reason.clone()),
     };
