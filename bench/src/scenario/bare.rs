@@ -14,6 +14,9 @@ use crate::namespace::{connect, Namespace};
 use crate::recorder::Recorder;
 use crate::BoxError;
 
+/// The consumer tag.
+const TAG: &str = "worker-bench-bare";
+
 /// Consumes scenario a's queue until `recorder` is complete.
 pub async fn run(
     args: &Args,
@@ -26,10 +29,11 @@ pub async fn run(
     channel
         .basic_qos(args.in_flight, BasicQosOptions::default())
         .await?;
+    let queue = namespace.names(Scenario::A).work;
     let mut consumer = channel
         .basic_consume(
-            &namespace.names(Scenario::A).work,
-            "worker-bench-bare",
+            &queue,
+            TAG,
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -55,6 +59,7 @@ pub async fn run(
         consuming.abort();
     } else {
         consuming.await??;
+        super::settle_before_close(&channel, &queue, TAG).await;
     }
     let _ = channel.close(200, "done").await;
     let _ = connection.close(200, "done").await;

@@ -17,6 +17,9 @@ use crate::namespace::{connect, Namespace};
 use crate::recorder::Recorder;
 use crate::BoxError;
 
+/// The consumer tag.
+const TAG: &str = "worker-bench-hand";
+
 /// Consumes scenario c's queue until `recorder` is complete.
 pub async fn run(
     args: &Args,
@@ -32,10 +35,11 @@ pub async fn run(
     channel
         .basic_qos(args.in_flight, BasicQosOptions::default())
         .await?;
+    let queue = namespace.names(Scenario::C).work;
     let mut consumer = channel
         .basic_consume(
-            &namespace.names(Scenario::C).work,
-            "worker-bench-hand",
+            &queue,
+            TAG,
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -87,7 +91,9 @@ pub async fn run(
     });
     let finished = recorder.wait(timeout).await;
     consuming.abort();
-    let _ = finished;
+    if finished {
+        super::settle_before_close(&channel, &queue, TAG).await;
+    }
     let _ = channel.close(200, "done").await;
     let _ = connection.close(200, "done").await;
     pool.close().await;
