@@ -293,6 +293,9 @@ async fn prune_forever(pool: PgPool, dedup: DedupStore, retention: Duration) {
     }
 }
 
+/// How long a stopping worker waits between its last acks and closing its channels.
+const ACKS_LAND: Duration = Duration::from_millis(250);
+
 /// A started worker. Stop it with [`RunningWorker::shutdown`].
 #[derive(Debug)]
 pub struct RunningWorker {
@@ -353,6 +356,11 @@ impl RunningWorker {
             tracing::warn!(timeout = ?self.shutdown_timeout, "in-flight deliveries did not finish in time: giving them back");
             self.stop.abandon.cancel();
             self.stop.tasks.wait().await;
+        }
+        if !leftovers.channels.is_empty() {
+            // A quorum queue may ignore acks that arrive just before their channel closes and
+            // requeue those deliveries (rabbitmq-server#10327): give the last acks time to land.
+            tokio::time::sleep(ACKS_LAND).await;
         }
         for channel in leftovers.channels {
             let _ = channel.close(200, "worker stopping").await;
