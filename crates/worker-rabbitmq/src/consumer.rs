@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::message::Delivery;
+use lapin::acker::Acker;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::observer::Settlement;
@@ -151,25 +151,28 @@ impl HandlerRunner {
                 _ = stop.consuming.cancelled() => break,
                 permit = Arc::clone(in_flight).acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let runner = Arc::clone(self);
+            let acker = delivery.acker.clone();
+            let message = convert::inbound(delivery);
             let (abandon, consuming) = (stop.abandon.clone(), stop.consuming.clone());
-            stop.tasks.spawn(async move {
-                runner.handle(delivery, abandon, consuming, source).await;
-                drop(permit);
-            });
+            // The task is `handle`'s own future (no wrapping block): an async fn keeps its
+            // arguments for its whole life, so each should be stored once, and converted already.
+            stop.tasks
+                .spawn(Arc::clone(self).handle(message, acker, abandon, consuming, source, permit));
         }
         Ok(())
     }
 
+    /// Processes and settles one delivery; `permit` (its slot in flight) is released at the end.
     async fn handle(
-        &self,
-        delivery: Delivery,
+        self: Arc<Self>,
+        message: InboundMessage,
+        acker: Acker,
         abandon: CancellationToken,
         consuming: CancellationToken,
         source: Source,
+        permit: OwnedSemaphorePermit,
     ) {
-        let acker = delivery.acker.clone();
-        let message = convert::inbound(delivery);
+        let _permit = permit;
         let event_id = message.properties.message_id.clone();
         let observer = &self.runtime.observer;
         observer.received(self.spec.name, &message);
@@ -185,7 +188,7 @@ impl HandlerRunner {
         if self.spec.partition.is_some() {
             // Boxed, like the other rare paths below: every delivery in flight would otherwise
             // carry room for their futures.
-            let forwarded = Box::pin(partition::forward_replay(self, &acker, &message, source));
+            let forwarded = Box::pin(partition::forward_replay(&self, &acker, &message, source));
             if let Some(settled) = forwarded.await {
                 observer.settled(&settlement("forwarded", None, settled == Settled::Acked));
                 return;
@@ -201,7 +204,7 @@ impl HandlerRunner {
             }
             disposition = async {
                 match source {
-                    Source::Partition(k) => Box::pin(partition::process_in_place(self, &message, k, &consuming)).await,
+                    Source::Partition(k) => Box::pin(partition::process_in_place(&self, &message, k, &consuming)).await,
                     _ => self.disposition(&message, source).await,
                 }
             } => disposition,
