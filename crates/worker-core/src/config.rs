@@ -19,7 +19,7 @@
 //! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
 //! | `WORKER_MAX_PAYLOAD_BYTES` | `4194304` (4 MiB) | larger message bodies are dead-lettered as poison without being decoded |
 //! | `WORKER_DELIVERY_LIMIT` | `20` | quorum work queues: deliveries after which the broker dead-letters a message that was never settled (crash loop); `off` for none |
-//! | `WORKER_BATCH_SIZE` | half the handler's concurrency, at most 50 | dedup handlers: most deliveries processed in one transaction (a savepoint each) when they are ready together; `1` turns batching off |
+//! | `WORKER_BATCH_SIZE` | half the handler's concurrency, at most 50 | dedup handlers: most deliveries processed in one transaction (a savepoint each) when they are ready together, with up to 8 such transactions per handler at once; `1` turns batching off |
 //! | `WORKER_BATCH_LINGER` | `0ms` | how long a batch waits for more deliveries after its first; `0ms` never waits, so batches form only from a backlog |
 //! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
