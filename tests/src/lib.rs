@@ -248,6 +248,20 @@ pub fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// Waits for a child worker process that is expected to die (abort) on its own; panics if it is
+/// still running after [`PATIENCE`] or exits successfully.
+pub async fn wait_for_abort(child: &mut tokio::process::Child) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait child") {
+            break status;
+        }
+        assert!(start.elapsed() < PATIENCE, "the child did not abort");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "the child aborted: {status:?}");
+}
+
 /// Polls `condition` every 50 ms until it holds; panics after [`PATIENCE`].
 pub async fn eventually<F, Fut>(what: &str, mut condition: F)
 where

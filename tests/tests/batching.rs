@@ -16,7 +16,7 @@ use worker_core::pipeline::Runtime;
 use worker_core::{DedupStore, Disposition, Handler, InboundMessage, Properties};
 use worker_rabbitmq::Worker;
 use worker_tests::handlers::scripted;
-use worker_tests::{eventually, Outcomes, TestEnv, PATIENCE};
+use worker_tests::{eventually, wait_for_abort, Outcomes, TestEnv, PATIENCE};
 
 /// The sizes of the committed dedup transactions.
 #[derive(Debug, Clone, Default)]
@@ -280,15 +280,7 @@ async fn a_crash_between_the_batch_commit_and_its_ack_is_deduplicated() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn crash_worker");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait child") {
-            break status;
-        }
-        assert!(start.elapsed() < PATIENCE, "the child did not abort");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "the child aborted: {status:?}");
+    wait_for_abort(&mut child).await;
     let committed: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM effects ORDER BY event_id")
             .fetch_all(&env.pool)

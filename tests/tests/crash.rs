@@ -2,11 +2,10 @@
 //! redelivers, the redelivery is recognised as a duplicate, and the effect happens once.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 use worker_tests::handlers::scripted;
-use worker_tests::{eventually, Outcomes, TestEnv, PATIENCE};
+use worker_tests::{eventually, wait_for_abort, Outcomes, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_between_commit_and_ack_is_deduplicated_on_redelivery() {
@@ -26,15 +25,7 @@ async fn abort_between_commit_and_ack_is_deduplicated_on_redelivery() {
     .await;
 
     env.publish_json("Scripted", "evt_crash", json!({})).await;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait child") {
-            break status;
-        }
-        assert!(start.elapsed() < PATIENCE, "the child did not abort");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "the child aborted: {status:?}");
+    wait_for_abort(&mut child).await;
     assert_eq!(
         env.effects("evt_crash").await,
         1,
