@@ -22,19 +22,19 @@
 //! }
 //! ```
 
-mod batch;
+mod ack;
 pub mod cli;
 mod connection;
-mod consumer;
+mod consume;
 mod convert;
 pub mod demo;
 pub mod dlq;
 mod error;
 mod lag;
 mod ledger;
-mod partition;
 mod publisher;
 pub mod relay;
+mod runner;
 mod session;
 mod settle;
 pub mod topology;

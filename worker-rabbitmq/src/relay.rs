@@ -42,7 +42,6 @@ use crate::connection::connect;
 use crate::error::WorkerError;
 use crate::publisher::{PublishError, Publisher};
 use crate::topology;
-use crate::WorkerBuilder;
 
 /// The outbox relay, on its own (outside a worker).
 #[derive(Debug)]
@@ -258,22 +257,6 @@ impl OutboxSink for RabbitSink {
                 Err(error) => Err(SinkError::Unavailable(error.to_string())),
             }
         })
-    }
-}
-
-/// The outbox relay of a worker (see [`crate::relay`]).
-impl WorkerBuilder {
-    /// Runs the outbox relay in this worker, with settings from the `WORKER_OUTBOX_*` variables
-    /// (`WORKER_OUTBOX=false` turns it off again, e.g. when relays run as their own processes).
-    pub fn outbox(mut self) -> Self {
-        self.outbox = Some(None);
-        self
-    }
-
-    /// Runs the outbox relay in this worker with these settings.
-    pub fn outbox_settings(mut self, settings: OutboxSettings) -> Self {
-        self.outbox = Some(Some(settings));
-        self
     }
 }
 

@@ -16,8 +16,8 @@ use worker_core::telemetry::metrics::Metrics;
 use worker_core::telemetry::server::{self, Endpoint};
 use worker_core::{DedupStore, Handler, Observer, Registry, WorkerConfig};
 
-use crate::consumer::Stop;
 use crate::error::WorkerError;
+use crate::runner::Stop;
 use crate::session::{self, Blueprint, Leftovers};
 use crate::topology::QueueNames;
 
@@ -50,7 +50,7 @@ pub struct WorkerBuilder {
     observers: Vec<Arc<dyn Observer>>,
     demo: Option<crate::demo::DemoHook>,
     /// The outbox relay: `None` not asked for, `Some(None)` settings from the environment.
-    pub(crate) outbox: Option<Option<worker_core::outbox::OutboxSettings>>,
+    outbox: Option<Option<worker_core::outbox::OutboxSettings>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -85,6 +85,20 @@ impl WorkerBuilder {
     /// Adds hooks for telemetry or fault injection (called after the built-in metrics).
     pub fn observer(mut self, observer: impl Observer) -> Self {
         self.observers.push(Arc::new(observer));
+        self
+    }
+
+    /// Runs the outbox relay (see [`crate::relay`]) in this worker, with settings from the
+    /// `WORKER_OUTBOX_*` variables (`WORKER_OUTBOX=false` turns it off again, e.g. when relays
+    /// run as their own processes).
+    pub fn outbox(mut self) -> Self {
+        self.outbox = Some(None);
+        self
+    }
+
+    /// Runs the outbox relay in this worker with these settings.
+    pub fn outbox_settings(mut self, settings: worker_core::outbox::OutboxSettings) -> Self {
+        self.outbox = Some(Some(settings));
         self
     }
 
@@ -309,12 +323,6 @@ pub struct RunningWorker {
     shutdown_timeout: Duration,
 }
 
-impl std::fmt::Debug for Stop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stop").finish_non_exhaustive()
-    }
-}
-
 impl RunningWorker {
     /// Resolves only if consuming stopped for good without a stop request (the supervisor that
     /// reconnects after a lost connection ended); a lost connection alone does not resolve it.
@@ -393,7 +401,7 @@ impl RunningWorker {
     }
 }
 
-/// The command line (see [`crate::cli`]).
+/// The demo burst (see [`crate::demo`]) and what the command line reads.
 impl WorkerBuilder {
     /// Registers the application's demo burst, published by the `demo` subcommand and by
     /// `run --demo` (see [`crate::demo`]).
@@ -409,31 +417,6 @@ impl WorkerBuilder {
     {
         self.demo = Some(Arc::new(demo));
         self
-    }
-
-    /// The worker binary's `main`: parses the command line and runs the subcommand — `run`
-    /// (the default: [`serve`](Self::serve)), `handlers`, `topology`, `dlq ...` or `demo`
-    /// (`--help` lists them). Returns the process exit code.
-    ///
-    /// ```no_run
-    /// # fn worker() -> worker_rabbitmq::WorkerBuilder { unimplemented!() }
-    /// #[tokio::main]
-    /// async fn main() -> std::process::ExitCode {
-    ///     worker().run().await
-    /// }
-    /// ```
-    pub async fn run(self) -> std::process::ExitCode {
-        crate::cli::main_process(self).await
-    }
-
-    /// Runs the subcommand given by `args` (the first is the program name, as in
-    /// `std::env::args`) and returns what it printed and its exit code instead of printing.
-    pub async fn run_with_args<I, T>(self, args: I) -> crate::cli::CliOutput
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        crate::cli::main(self, args, crate::cli::Console::capture()).await
     }
 
     pub(crate) fn cli_parts(
