@@ -188,16 +188,19 @@ impl Runner {
         }
     }
 
-    /// Runs `decide` unless the shutdown deadline passes first (the delivery then goes back
+    /// Runs `decide()` unless the shutdown deadline passes first (the delivery then goes back
     /// unfinished), then settles the disposition (ack only once durable) and reports it;
-    /// `started` is when the delivery was received.
-    pub(crate) async fn decide_and_settle(
+    /// `started` is when the delivery was received. `decide` makes its future here: a future
+    /// passed in would be stored twice in every delivery's task (the caller's and this one's).
+    pub(crate) async fn decide_and_settle<F>(
         &self,
         message: &InboundMessage,
         acker: &Acker,
         started: Instant,
-        decide: impl Future<Output = Disposition>,
-    ) {
+        decide: impl FnOnce() -> F,
+    ) where
+        F: Future<Output = Disposition>,
+    {
         let disposition = tokio::select! {
             biased;
             _ = self.stop.abandon.cancelled() => {
@@ -206,7 +209,7 @@ impl Runner {
                 self.settled(message, "abandoned", None, false, started.elapsed());
                 return;
             }
-            disposition = decide => disposition,
+            disposition = decide() => disposition,
         };
         // The pipeline's time, without settling.
         let duration = started.elapsed();

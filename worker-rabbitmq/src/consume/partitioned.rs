@@ -50,7 +50,7 @@ impl Each for Partitioned {
                 return;
             }
         }
-        let decide = async {
+        let decide = || async {
             match self {
                 Partitioned::Partition(k) => Box::pin(process_in_place(&runner, &message, k)).await,
                 Partitioned::Replays => runner.verdict(&message).await,

@@ -34,7 +34,7 @@ impl Each for Single {
         let _slot = slot;
         runner.received(&message);
         let started = Instant::now();
-        let decide = async {
+        let decide = || async {
             match self {
                 Single::Pipeline => runner.verdict(&message).await,
                 Single::DeliveryLimit => {
