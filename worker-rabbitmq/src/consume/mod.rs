@@ -17,6 +17,7 @@ mod single;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use lapin::acker::Acker;
 use lapin::message::Delivery;
@@ -195,15 +196,15 @@ trait Take: Send {
 }
 
 /// A strategy that processes each delivery in a task of its own (single and partitioned).
-trait Each: Copy + Send + 'static {
-    /// Processes and settles one delivery; `slot` is released at the end.
-    fn handle(
+trait Each: Copy + Send + Sync + 'static {
+    /// Decides and settles one delivery, received at `started`.
+    fn process(
         self,
-        runner: Arc<Runner>,
-        message: InboundMessage,
-        acker: Acker,
-        slot: OwnedSemaphorePermit,
-    ) -> impl Future<Output = ()> + Send + 'static;
+        runner: &Runner,
+        message: &InboundMessage,
+        acker: &Acker,
+        started: Instant,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 impl<S: Each> Take for S {
@@ -218,10 +219,24 @@ impl<S: Each> Take for S {
         let message = convert::inbound(delivery);
         // The task is `handle`'s own future (no wrapping block): an async fn keeps its arguments
         // for its whole life, so each should be stored once, and converted already.
-        let task = self.handle(Arc::clone(runner), message, acker, slot);
+        let task = handle(*self, Arc::clone(runner), message, acker, slot);
         runner.stop.tasks.spawn(task);
         None
     }
+}
+
+/// The task of one delivery: processes and settles it; `slot` is released at the end.
+async fn handle<S: Each>(
+    strategy: S,
+    runner: Arc<Runner>,
+    message: InboundMessage,
+    acker: Acker,
+    slot: OwnedSemaphorePermit,
+) {
+    let _slot = slot;
+    runner.received(&message);
+    let started = Instant::now();
+    strategy.process(&runner, &message, &acker, started).await;
 }
 
 /// The consume loop: the next delivery, a free slot for it, then the strategy's turn.
@@ -242,3 +257,4 @@ async fn run(
         }
     }
 }
+

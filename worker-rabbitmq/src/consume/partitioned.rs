@@ -6,11 +6,9 @@
 //!
 //! See `docs/decisions.md`, "Partitioned handlers", for the routing contract and the trade-offs.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::acker::Acker;
-use tokio::sync::OwnedSemaphorePermit;
 use worker_core::partition::key_of;
 use worker_core::retry::attempts::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
 use worker_core::{Disposition, HeaderValue, InboundMessage, OutboundMessage, Properties};
@@ -30,34 +28,31 @@ pub(crate) enum Partitioned {
 }
 
 impl Each for Partitioned {
-    async fn handle(
+    async fn process(
         self,
-        runner: Arc<Runner>,
-        message: InboundMessage,
-        acker: Acker,
-        slot: OwnedSemaphorePermit,
+        runner: &Runner,
+        message: &InboundMessage,
+        acker: &Acker,
+        started: Instant,
     ) {
-        let _slot = slot;
-        runner.received(&message);
-        let started = Instant::now();
         if self == Partitioned::Replays {
-            // Boxed, like the other rare paths below: every delivery in flight would otherwise carry
-            // room for their futures.
-            let forwarded = Box::pin(forward_replay(&runner, &acker, &message));
+            // Boxed, like the other rare paths below: every delivery in flight would otherwise
+            // carry room for their futures.
+            let forwarded = Box::pin(forward_replay(runner, acker, message));
             if let Some(settled) = forwarded.await {
                 let acked = settled == Settled::Acked;
-                runner.settled(&message, "forwarded", None, acked, started.elapsed());
+                runner.settled(message, "forwarded", None, acked, started.elapsed());
                 return;
             }
         }
         let decide = || async {
             match self {
-                Partitioned::Partition(k) => Box::pin(process_in_place(&runner, &message, k)).await,
-                Partitioned::Replays => runner.verdict(&message).await,
+                Partitioned::Partition(k) => Box::pin(process_in_place(runner, message, k)).await,
+                Partitioned::Replays => runner.verdict(message).await,
             }
         };
         runner
-            .decide_and_settle(&message, &acker, started, decide)
+            .decide_and_settle(message, acker, started, decide)
             .await;
     }
 }

@@ -2,11 +2,9 @@
 //! consumer's slots at once. For the work queue of a handler without batches (the pipeline
 //! decides) and for the delivery-limit queue (every message becomes a dead-letter record).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::acker::Acker;
-use tokio::sync::OwnedSemaphorePermit;
 use worker_core::pipeline::delivery_limit;
 use worker_core::InboundMessage;
 
@@ -24,26 +22,23 @@ pub(crate) enum Single {
 }
 
 impl Each for Single {
-    async fn handle(
+    async fn process(
         self,
-        runner: Arc<Runner>,
-        message: InboundMessage,
-        acker: Acker,
-        slot: OwnedSemaphorePermit,
+        runner: &Runner,
+        message: &InboundMessage,
+        acker: &Acker,
+        started: Instant,
     ) {
-        let _slot = slot;
-        runner.received(&message);
-        let started = Instant::now();
         let decide = || async {
             match self {
-                Single::Pipeline => runner.verdict(&message).await,
+                Single::Pipeline => runner.verdict(message).await,
                 Single::DeliveryLimit => {
-                    delivery_limit::delivery_limit_exceeded(&runner.spec, &runner.runtime, &message)
+                    delivery_limit::delivery_limit_exceeded(&runner.spec, &runner.runtime, message)
                 }
             }
         };
         runner
-            .decide_and_settle(&message, &acker, started, decide)
+            .decide_and_settle(message, acker, started, decide)
             .await;
     }
 }
