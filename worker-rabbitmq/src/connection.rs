@@ -86,9 +86,11 @@ pub(crate) async fn connect(config: &WorkerConfig, name: &str) -> Result<Connect
 }
 
 /// Calls `lost` once `connection` fails (an I/O error, a missed heartbeat, the broker closing it),
-/// from a task on the current runtime. lapin reports connection and channel errors on one event
-/// stream; an error while the connection is still up belongs to one channel, whose consumer or
-/// publisher sees it itself. A connection closed on purpose never calls `lost`.
+/// from a task on the current runtime. lapin 4 reports connection and channel errors on one event
+/// stream (it has no `on_error` callback any more): an error while the connection is still up
+/// belongs to one channel, whose consumer or publisher sees it itself, so only an error that left
+/// the connection down counts. A clean close calls nothing; closing a connection whose channels
+/// are already failing may (lapin reports that as a connection error), which is harmless here.
 pub(crate) fn on_error(connection: &Connection, lost: impl FnOnce(lapin::Error) + Send + 'static) {
     let events = connection.events_listener();
     let status = connection.status().clone();

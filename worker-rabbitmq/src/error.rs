@@ -77,8 +77,8 @@ pub enum WorkerError {
         exchange: String,
         /// The partitioned handler.
         handler: String,
-        /// The broker's refusal.
-        source: lapin::Error,
+        /// The broker's refusal (boxed: lapin 4's error is 80 bytes).
+        source: Box<lapin::Error>,
     },
     /// A queue, exchange, binding or consumer name does not fit an AMQP short string.
     #[error("{0} (names are built from WORKER_QUEUE_PREFIX, WORKER_EXCHANGE, WORKER_CONSUMER and the handler's name and event type: shorten them)")]

@@ -143,7 +143,7 @@ fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerE
         WorkerError::ConsistentHashPluginMissing {
             exchange: exchange.to_owned(),
             handler: handler.to_owned(),
-            source,
+            source: Box::new(source),
         }
     } else {
         WorkerError::broker(format!("declare consistent-hash exchange `{exchange}`"))(source)

@@ -24,8 +24,8 @@ pub enum PublishError {
         exchange: String,
         /// Routing key.
         routing_key: String,
-        /// The client's error.
-        source: lapin::Error,
+        /// The client's error (boxed: lapin 4's error is 80 bytes).
+        source: Box<lapin::Error>,
     },
     /// The broker returned the message as unroutable (no queue bound).
     #[error("the broker returned the message published to {exchange:?} with routing key {routing_key:?}: {reply} (is the queue declared?)")]
@@ -103,7 +103,7 @@ impl Publisher {
         let broker = |source| PublishError::Broker {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            source,
+            source: Box::new(source),
         };
         let unencodable = |source| PublishError::Unencodable {
             exchange: exchange.into(),

@@ -481,3 +481,43 @@ impl WorkerBuilder {
         (&self.registry, self.config.as_ref(), self.demo.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use worker_core::{HandlerSpec, WorkerConfig};
+
+    use super::check_names;
+    use crate::error::WorkerError;
+
+    #[test]
+    fn names_over_255_bytes_are_refused_before_connecting() {
+        let spec = HandlerSpec::new("charge-on-order-placed", "OrderPlaced");
+        let config = WorkerConfig::default();
+        assert!(check_names(&config, std::slice::from_ref(&spec)).is_ok());
+
+        let long_prefix = WorkerConfig {
+            queue_prefix: "p".repeat(240),
+            ..WorkerConfig::default()
+        };
+        let error = check_names(&long_prefix, std::slice::from_ref(&spec)).expect_err("too long");
+        assert!(
+            matches!(&error, WorkerError::NameTooLong(too_long) if too_long.len > 255),
+            "{error}"
+        );
+        assert!(error.to_string().contains("WORKER_QUEUE_PREFIX"), "{error}");
+
+        // The consumer tag is the consumer name, the handler name and the pid.
+        let long_consumer = WorkerConfig {
+            consumer: "c".repeat(230),
+            ..WorkerConfig::default()
+        };
+        let error = check_names(&long_consumer, &[spec]).expect_err("too long");
+        assert!(error.to_string().contains("consumer tag"), "{error}");
+
+        let long_exchange = WorkerConfig {
+            exchange: "e".repeat(256),
+            ..WorkerConfig::default()
+        };
+        assert!(check_names(&long_exchange, &[]).is_err());
+    }
+}
