@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{FutureExt, StreamExt};
-use lapin::acker::Acker;
 use lapin::message::Delivery;
+use lapin::Acker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use worker_core::observer::Settlement;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::acker::Acker;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::Acker;
 use lapin::Channel;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -76,8 +76,8 @@ impl HandlerRunner {
             .map_err(WorkerError::broker(format!("set prefetch on `{queue}`")))?;
         let mut consumer = channel
             .basic_consume(
-                &queue,
-                &consumer_tag,
+                queue.as_str().into(),
+                consumer_tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -100,7 +100,7 @@ impl HandlerRunner {
         }
         result?;
         if let Err(error) = channel
-            .basic_cancel(&consumer_tag, BasicCancelOptions::default())
+            .basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
             .await
         {
             tracing::warn!(%error, queue, "cancelling the consumer failed");

@@ -12,10 +12,10 @@
 //!
 //! See `docs/decisions.md`, "Partitioned handlers", for the routing contract and the trade-offs.
 
-use lapin::acker::Acker;
 use lapin::options::QueueDeclareOptions;
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Acker;
 use lapin::{Channel, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use worker_core::observer::Settlement;
@@ -60,7 +60,7 @@ pub(crate) async fn declare(
     args.insert(ShortString::from("hash-header"), text(PARTITION_KEY_HEADER));
     channel
         .exchange_declare(
-            &exchange,
+            exchange.as_str().into(),
             ExchangeKind::Custom(PARTITION_EXCHANGE_TYPE.into()),
             ExchangeDeclareOptions {
                 durable: true,
@@ -72,9 +72,9 @@ pub(crate) async fn declare(
         .map_err(|source| declare_error(&exchange, spec.name, source))?;
     channel
         .exchange_bind(
-            &exchange,
-            &config.exchange,
-            spec.event_type,
+            exchange.as_str().into(),
+            config.exchange.as_str().into(),
+            spec.event_type.into(),
             ExchangeBindOptions::default(),
             FieldTable::default(),
         )
@@ -95,7 +95,7 @@ pub(crate) async fn declare(
             ..Default::default()
         };
         channel
-            .queue_declare(&queue, durable, args)
+            .queue_declare(queue.as_str().into(), durable, args)
             .await
             .map_err(WorkerError::broker(format!(
                 "declare partition queue `{queue}`"
@@ -103,9 +103,9 @@ pub(crate) async fn declare(
         // The routing key of a consistent-hash binding is the queue's weight on the ring.
         channel
             .queue_bind(
-                &queue,
-                &exchange,
-                "1",
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "1".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -118,9 +118,9 @@ pub(crate) async fn declare(
     // that binding would bypass the partitions. Unbinding a missing binding is a no-op.
     channel
         .queue_unbind(
-            &names.work,
-            &config.exchange,
-            spec.event_type,
+            names.work.as_str().into(),
+            config.exchange.as_str().into(),
+            spec.event_type.into(),
             FieldTable::default(),
         )
         .await
@@ -143,7 +143,7 @@ fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerE
         WorkerError::ConsistentHashPluginMissing {
             exchange: exchange.to_owned(),
             handler: handler.to_owned(),
-            source,
+            source: Box::new(source),
         }
     } else {
         WorkerError::broker(format!("declare consistent-hash exchange `{exchange}`"))(source)
@@ -341,10 +341,10 @@ mod tests {
     #[test]
     fn a_missing_plugin_is_named_with_its_fix() {
         use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError};
-        let refused = lapin::Error::ProtocolError(AMQPError::new(
+        let refused = lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
             AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
             "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'".into(),
-        ));
+        )));
         let error = declare_error("ship-order.partition", "ship-order", refused).to_string();
         assert!(
             error.contains("rabbitmq-plugins enable rabbitmq_consistent_hash_exchange")
@@ -354,7 +354,10 @@ mod tests {
         let other = declare_error(
             "ship-order.partition",
             "ship-order",
-            lapin::Error::InvalidChannelState(lapin::ChannelState::Closed),
+            lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Closed,
+                "test",
+            )),
         );
         assert!(matches!(other, WorkerError::Broker { .. }), "{other}");
     }

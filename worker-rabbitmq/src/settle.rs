@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use lapin::acker::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::Acker;
 use tracing::Instrument;
 use worker_core::{Disposition, OutboundMessage};
 
@@ -42,7 +42,11 @@ pub(crate) async fn settle(
             give_back(acker).await
         }
         Durability::Durable => match acker.ack(BasicAckOptions::default()).await {
-            Ok(()) => Settled::Acked,
+            Ok(true) => Settled::Acked,
+            Ok(false) => {
+                tracing::warn!("ack not sent after the outcome was durable (the delivery's channel is gone); the broker will redeliver");
+                Settled::GivenBack
+            }
             Err(error) => {
                 // The outcome is durable but the broker will redeliver: dedup makes that harmless.
                 tracing::warn!(%error, "ack failed after the outcome was durable; the broker will redeliver");
@@ -135,13 +139,19 @@ pub(crate) async fn give_back(acker: &Acker) -> Settled {
 
 /// Nacks with requeue now.
 pub(crate) async fn nack(acker: &Acker) {
-    if let Err(error) = acker
+    match acker
         .nack(BasicNackOptions {
             requeue: true,
             multiple: false,
         })
         .await
     {
-        tracing::warn!(%error, "nack failed; the broker requeues the delivery when the channel closes");
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "nack not sent (the delivery's channel is gone); the broker requeues the delivery"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "nack failed; the broker requeues the delivery when the channel closes")
+        }
     }
 }

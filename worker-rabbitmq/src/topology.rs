@@ -99,7 +99,7 @@ pub async fn declare_exchange(channel: &Channel, config: &WorkerConfig) -> Resul
     };
     channel
         .exchange_declare(
-            &config.exchange,
+            config.exchange.as_str().into(),
             ExchangeKind::Topic,
             options,
             FieldTable::default(),
@@ -126,7 +126,7 @@ pub async fn declare_handler(
     if config.queue_type == QueueType::Quorum && config.delivery_limit.is_some() {
         channel
             .queue_declare(
-                &names.delivery_limit,
+                names.delivery_limit.as_str().into(),
                 durable,
                 queue_type_args(QueueType::Quorum),
             )
@@ -137,7 +137,11 @@ pub async fn declare_handler(
             )))?;
     }
     channel
-        .queue_declare(&names.work, durable, work_queue_args(config, &names))
+        .queue_declare(
+            names.work.as_str().into(),
+            durable,
+            work_queue_args(config, &names),
+        )
         .await
         .map_err(WorkerError::broker(format!(
             "declare work queue `{}` (PRECONDITION_FAILED means it exists with other arguments, e.g. from an \
@@ -151,9 +155,9 @@ pub async fn declare_handler(
     } else {
         channel
             .queue_bind(
-                &names.work,
-                &config.exchange,
-                spec.event_type,
+                names.work.as_str().into(),
+                config.exchange.as_str().into(),
+                spec.event_type.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -164,7 +168,11 @@ pub async fn declare_handler(
             )))?;
     }
     channel
-        .queue_declare(&names.dlq, durable, queue_type_args(QueueType::Classic))
+        .queue_declare(
+            names.dlq.as_str().into(),
+            durable,
+            queue_type_args(QueueType::Classic),
+        )
         .await
         .map_err(WorkerError::broker(format!(
             "declare dead-letter queue `{}` (classic; if it exists as a quorum queue from an older version, move its records elsewhere and delete it)",
@@ -192,7 +200,7 @@ pub async fn declare_handler(
             AMQPValue::LongString(LongString::from(names.work.as_str())),
         );
         channel
-            .queue_declare(&name, durable, args)
+            .queue_declare(name.as_str().into(), durable, args)
             .await
             .map_err(WorkerError::broker(format!(
                 "declare delay queue `{name}` (PRECONDITION_FAILED means it exists with other arguments, e.g. a \
