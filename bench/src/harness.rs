@@ -133,7 +133,7 @@ async fn run_scenarios(args: &Args, namespace: &Namespace) -> Result<Vec<Row>, B
             check,
         });
     }
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     pool.close().await;
     Ok(rows)
 }

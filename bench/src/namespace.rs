@@ -112,7 +112,7 @@ impl Namespace {
         for scenario in [Scenario::A, Scenario::B, Scenario::C, Scenario::D] {
             topology::declare_handler(&channel, &self.config, &spec(scenario)).await?;
         }
-        let _ = connection.close(200, "declared").await;
+        let _ = connection.close(200, "declared".into()).await;
         Ok(())
     }
 
@@ -124,9 +124,9 @@ impl Namespace {
             ..Default::default()
         };
         let queue = channel
-            .queue_declare(queue, options, FieldTable::default())
+            .queue_declare(queue.into(), options, FieldTable::default())
             .await?;
-        let _ = channel.close(200, "").await;
+        let _ = channel.close(200, "".into()).await;
         Ok(queue.message_count())
     }
 
@@ -147,14 +147,17 @@ impl Namespace {
             .chain(delays)
             {
                 channel
-                    .queue_delete(&queue, QueueDeleteOptions::default())
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                     .await?;
             }
         }
         channel
-            .exchange_delete(&self.config.exchange, ExchangeDeleteOptions::default())
+            .exchange_delete(
+                self.config.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
             .await?;
-        let _ = connection.close(200, "cleaned up").await;
+        let _ = connection.close(200, "cleaned up".into()).await;
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&self.config.database_url)
@@ -180,9 +183,7 @@ pub fn spec(scenario: Scenario) -> HandlerSpec {
 
 /// Opens an AMQP connection on the tokio runtime, as the framework does.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BoxError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
+    // lapin's default runtime with the `tokio` feature: the runtime this runs on.
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     Ok(Connection::connect(url, properties).await?)
 }

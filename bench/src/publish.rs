@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Confirmation, PublisherConfirm};
 
 use crate::event::{body, event_id, now_us, PUBLISHED_HEADER};
 use crate::BoxError;
@@ -17,8 +17,8 @@ const CONFIRM_WINDOW: usize = 1024;
 #[derive(Debug)]
 pub struct EventPublisher {
     channel: Channel,
-    exchange: String,
-    routing_key: String,
+    exchange: ShortString,
+    routing_key: ShortString,
     payload_bytes: usize,
 }
 
@@ -68,8 +68,8 @@ impl EventPublisher {
         Ok(self
             .channel
             .basic_publish(
-                &self.exchange,
-                &self.routing_key,
+                self.exchange.clone(),
+                self.routing_key.clone(),
                 BasicPublishOptions {
                     mandatory: true,
                     immediate: false,

@@ -14,8 +14,8 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -39,10 +39,8 @@ pub fn database_url() -> String {
 
 /// Opens an AMQP connection on the tokio runtime.
 pub async fn amqp_connect() -> Connection {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    Connection::connect(&amqp_url(), properties)
+    // lapin's default runtime with the `tokio` feature: the runtime this runs on.
+    Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ must be running on 127.0.0.1:5672")
 }
@@ -131,8 +129,8 @@ impl TestEnv {
         let confirm = self
             .channel
             .basic_publish(
-                &self.config.exchange,
-                routing_key,
+                self.config.exchange.as_str().into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     immediate: false,
@@ -165,11 +163,11 @@ impl TestEnv {
             ..Default::default()
         };
         let count = channel
-            .queue_declare(queue, options, FieldTable::default())
+            .queue_declare(queue.into(), options, FieldTable::default())
             .await
             .map(|q| q.message_count())
             .unwrap_or(0);
-        let _ = channel.close(200, "").await;
+        let _ = channel.close(200, "".into()).await;
         count
     }
 
@@ -182,7 +180,7 @@ impl TestEnv {
         let mut out = Vec::new();
         while let Some(message) = self
             .channel
-            .basic_get(&queue, BasicGetOptions { no_ack: true })
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await
             .expect("basic_get")
         {
@@ -294,19 +292,19 @@ impl Drop for TestEnv {
                 let channel = connection.create_channel().await.expect("channel");
                 for queue in list_queues(&prefix) {
                     let _ = channel
-                        .queue_delete(&queue, QueueDeleteOptions::default())
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                         .await;
                 }
                 let _ = channel
-                    .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                     .await;
                 // Exchanges a worker declares per handler (partitioned handlers' hash exchanges).
                 for exchange in list_exchanges(&prefix) {
                     let _ = channel
-                        .exchange_delete(&exchange, ExchangeDeleteOptions::default())
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                         .await;
                 }
-                let _ = connection.close(200, "test cleanup").await;
+                let _ = connection.close(200, "test cleanup".into()).await;
                 if let Ok(admin) = PgPoolOptions::new()
                     .max_connections(1)
                     .connect(&database_url())
@@ -388,11 +386,11 @@ impl TestEnv {
             ..Default::default()
         };
         let count = channel
-            .queue_declare(queue, options, FieldTable::default())
+            .queue_declare(queue.into(), options, FieldTable::default())
             .await
             .map(|q| q.consumer_count())
             .unwrap_or(0);
-        let _ = channel.close(200, "").await;
+        let _ = channel.close(200, "".into()).await;
         count
     }
 

@@ -163,8 +163,8 @@ async fn an_event_nobody_handles_is_returned_to_a_mandatory_publisher() {
     let confirm = env
         .channel
         .basic_publish(
-            &env.config.exchange,
-            "NobodyHandlesThis",
+            env.config.exchange.as_str().into(),
+            "NobodyHandlesThis".into(),
             lapin::options::BasicPublishOptions {
                 mandatory: true,
                 immediate: false,

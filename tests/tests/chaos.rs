@@ -134,8 +134,8 @@ async fn exactly_once_effects_under_kills_connection_losses_and_backend_terminat
                 let confirm = env
                     .channel
                     .basic_publish(
-                        &env.config.exchange,
-                        "Scripted",
+                        env.config.exchange.as_str().into(),
+                        "Scripted".into(),
                         BasicPublishOptions::default(),
                         body.as_bytes(),
                         properties,

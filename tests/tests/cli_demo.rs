@@ -230,7 +230,7 @@ async fn handlers_topology_help_and_exit_codes() {
     ] {
         channel
             .queue_declare(
-                &format!("{}{queue}", env.config.queue_prefix),
+                format!("{}{queue}", env.config.queue_prefix).into(),
                 passive,
                 FieldTable::default(),
             )

@@ -99,8 +99,8 @@ async fn dead_letters(env: &TestEnv) {
     old.failure_metadata.last_failed_at = Utc::now() - Duration::days(2);
     env.channel
         .basic_publish(
-            "",
-            &format!("{}.dlq", env.queue("scripted")),
+            "".into(),
+            format!("{}.dlq", env.queue("scripted")).into(),
             BasicPublishOptions::default(),
             &serde_json::to_vec(&old).expect("json"),
             BasicProperties::default().with_message_id(ShortString::from("evt_old")),

@@ -108,7 +108,7 @@ async fn replay_is_byte_identical_continues_the_trace_and_processes_once() {
     // What sits in the work queue is the producer's message.
     let copy = env
         .channel
-        .basic_get(&work, BasicGetOptions { no_ack: false })
+        .basic_get(work.as_str().into(), BasicGetOptions { no_ack: false })
         .await
         .expect("get")
         .expect("the replayed copy");
@@ -158,8 +158,8 @@ async fn replay_is_byte_identical_continues_the_trace_and_processes_once() {
     // A stale copy of the record replayed anyway is a duplicate: dedup skips it.
     env.channel
         .basic_publish(
-            "",
-            &dlq,
+            "".into(),
+            dlq.as_str().into(),
             BasicPublishOptions::default(),
             record_line.trim().as_bytes(),
             BasicProperties::default().with_message_id(ShortString::from("evt_fix")),

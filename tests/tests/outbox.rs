@@ -38,7 +38,7 @@ async fn probe(env: &TestEnv, keys: &[&str]) -> String {
     };
     channel
         .exchange_declare(
-            &env.config.exchange,
+            env.config.exchange.as_str().into(),
             ExchangeKind::Topic,
             durable,
             FieldTable::default(),
@@ -48,7 +48,7 @@ async fn probe(env: &TestEnv, keys: &[&str]) -> String {
     let queue = format!("{}probe", env.config.queue_prefix);
     channel
         .queue_declare(
-            &queue,
+            queue.as_str().into(),
             QueueDeclareOptions::default(),
             FieldTable::default(),
         )
@@ -63,9 +63,9 @@ async fn probe(env: &TestEnv, keys: &[&str]) -> String {
 async fn bind(env: &TestEnv, queue: &str, key: &str) {
     env.channel
         .queue_bind(
-            queue,
-            &env.config.exchange,
-            key,
+            queue.into(),
+            env.config.exchange.as_str().into(),
+            key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -78,7 +78,7 @@ async fn take_all(env: &TestEnv, queue: &str) -> Vec<(String, BasicProperties, V
     let mut out = Vec::new();
     while let Some(message) = env
         .channel
-        .basic_get(queue, BasicGetOptions { no_ack: true })
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
         .await
         .expect("basic_get")
     {

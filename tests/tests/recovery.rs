@@ -21,8 +21,9 @@ async fn a_lost_connection_is_recovered_and_in_flight_work_is_deduplicated() {
         .await
         .unwrap();
 
-    // In flight in both handlers when the connection goes away.
-    env.publish_json("Scripted", "evt_inflight", json!({ "sleepMs": 1500 }))
+    // In flight in both handlers when the connection goes away: long enough to outlast
+    // `rabbitmqctl` closing the connection (seconds on a loaded machine).
+    env.publish_json("Scripted", "evt_inflight", json!({ "sleepMs": 6000 }))
         .await;
     eventually("both handlers started", || async {
         env.attempts("evt_inflight").await == 2
@@ -32,6 +33,11 @@ async fn a_lost_connection_is_recovered_and_in_flight_work_is_deduplicated() {
         close_connections_named(&env.config.consumer),
         1,
         "the worker's connection was closed"
+    );
+    assert_eq!(
+        env.effects("evt_inflight").await,
+        0,
+        "the handlers were still in flight when the connection closed (the test's premise)"
     );
 
     // The dedup handler's transaction commits after the connection died; its ack cannot reach the

@@ -9,7 +9,7 @@ use worker_tests::{eventually, Outcomes, TestEnv};
 
 async fn delete_queue(env: &TestEnv, queue: &str) {
     env.channel
-        .queue_delete(queue, QueueDeleteOptions::default())
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await
         .expect("delete queue");
 }

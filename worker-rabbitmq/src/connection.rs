@@ -1,9 +1,15 @@
-//! Opening AMQP connections on the tokio runtime.
+//! Opening AMQP connections on the tokio runtime, and noticing when one is lost.
+//!
+//! lapin's own connection recovery stays off (`ConnectionProperties::enable_auto_recover` is never
+//! called, and lapin does not retry the TCP connection either): the session supervisor reconnects,
+//! re-declares the topology and resumes every consumer itself, with its own backoff, so a lost
+//! connection always surfaces as an error on the consumer streams.
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, Event};
 use worker_core::config::AmqpTls;
 use worker_core::WorkerConfig;
 
@@ -40,7 +46,7 @@ fn tls_config(tls: &AmqpTls) -> Result<OwnedTLSConfig, WorkerError> {
         None => None,
     };
     let identity = match &tls.client_identity {
-        Some(path) => Some(OwnedIdentity {
+        Some(path) => Some(OwnedIdentity::PKCS12 {
             der: read(path, "client identity file (WORKER_AMQP_CLIENT_IDENTITY)")?,
             password: tls
                 .client_identity_password
@@ -61,16 +67,45 @@ fn tls_config(tls: &AmqpTls) -> Result<OwnedTLSConfig, WorkerError> {
 pub(crate) async fn connect(config: &WorkerConfig, name: &str) -> Result<Connection, WorkerError> {
     let url = config.amqp_url.as_str();
     let tls = tls_config(&config.amqp_tls)?;
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    Connection::connect_with_config(&with_heartbeat(url, config.heartbeat), properties, tls)
-        .await
-        .map_err(|source| WorkerError::Connect {
-            url: redact_url(url),
-            source,
-        })
+    let failed = |source| WorkerError::Connect {
+        url: redact_url(url),
+        source,
+    };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    // The tokio runtime this is called on: lapin spawns its heartbeat and internal tasks there and
+    // registers the socket with its reactor (its I/O loop thread blocks on this runtime's handle).
+    let runtime = lapin::runtime::default_runtime().map_err(failed)?;
+    Connection::connect_with_config(
+        &with_heartbeat(url, config.heartbeat),
+        properties,
+        tls,
+        runtime,
+    )
+    .await
+    .map_err(failed)
+}
+
+/// Calls `lost` once `connection` fails (an I/O error, a missed heartbeat, the broker closing it),
+/// from a task on the current runtime. lapin 4 reports connection and channel errors on one event
+/// stream (it has no `on_error` callback any more): an error while the connection is still up
+/// belongs to one channel, whose consumer or publisher sees it itself, so only an error that left
+/// the connection down counts. A clean close calls nothing; closing a connection whose channels
+/// are already failing may (lapin reports that as a connection error), which is harmless here.
+pub(crate) fn on_error(connection: &Connection, lost: impl FnOnce(lapin::Error) + Send + 'static) {
+    let events = connection.events_listener();
+    let status = connection.status().clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        // The stream ends once the connection and its channels are gone.
+        while let Some(event) = events.next().await {
+            if let Event::Error(error) = event {
+                if !status.connected() {
+                    lost(error);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]

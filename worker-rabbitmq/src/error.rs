@@ -3,6 +3,8 @@
 use worker_core::config::ConfigError;
 use worker_core::registry::RegistryError;
 
+use crate::convert::TooLong;
+
 /// Why the worker could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -75,9 +77,12 @@ pub enum WorkerError {
         exchange: String,
         /// The partitioned handler.
         handler: String,
-        /// The broker's refusal.
-        source: lapin::Error,
+        /// The broker's refusal (boxed: lapin 4's error is 80 bytes).
+        source: Box<lapin::Error>,
     },
+    /// A queue, exchange, binding or consumer name does not fit an AMQP short string.
+    #[error("{0} (names are built from WORKER_QUEUE_PREFIX, WORKER_EXCHANGE, WORKER_CONSUMER and the handler's name and event type: shorten them)")]
+    NameTooLong(TooLong),
     /// The connection to the broker was lost while consuming.
     #[error("lost the RabbitMQ connection while consuming `{queue}`: {reason}")]
     ConsumerLost {

@@ -31,7 +31,7 @@ async fn depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
         ..Default::default()
     };
     Ok(channel
-        .queue_declare(queue, options, FieldTable::default())
+        .queue_declare(queue.into(), options, FieldTable::default())
         .await?
         .message_count())
 }

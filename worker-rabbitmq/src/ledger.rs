@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use lapin::acker::Acker;
+use lapin::Acker;
 use tokio::sync::{oneshot, Mutex};
 
 use crate::ack;
@@ -297,9 +297,7 @@ mod tests {
 
         let url = std::env::var("AMQP_URL")
             .unwrap_or_else(|_| worker_core::config::DEFAULT_AMQP_URL.to_owned());
-        let properties = ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
+        let properties = ConnectionProperties::default();
         let connection = Connection::connect(&url, properties).await.expect("broker");
         let channel = connection.create_channel().await.expect("channel");
         let queue = format!("ledger-test-{}", rand::random::<u64>());
@@ -310,7 +308,7 @@ mod tests {
         );
         channel
             .queue_declare(
-                &queue,
+                queue.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
@@ -322,8 +320,8 @@ mod tests {
         for i in 0..40u32 {
             channel
                 .basic_publish(
-                    "",
-                    &queue,
+                    "".into(),
+                    queue.as_str().into(),
                     BasicPublishOptions::default(),
                     &i.to_be_bytes(),
                     BasicProperties::default(),
@@ -337,8 +335,8 @@ mod tests {
             .expect("qos");
         let mut consumer = channel
             .basic_consume(
-                &queue,
-                "ledger-test",
+                queue.as_str().into(),
+                "ledger-test".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -357,7 +355,7 @@ mod tests {
         }
         // No more deliveries: the one given back below must stay in the queue.
         channel
-            .basic_cancel("ledger-test", BasicCancelOptions::default())
+            .basic_cancel("ledger-test".into(), BasicCancelOptions::default())
             .await
             .expect("cancel");
         let batch = |range: std::ops::Range<usize>| deliveries[range].to_vec();
@@ -365,10 +363,10 @@ mod tests {
         let (held_back, late) = (deliveries[30].clone(), batch(31..40));
 
         // The youngest batch first: it must wait for 1..=20 and be covered by their ack.
-        let acking = |batch: Vec<(u64, lapin::acker::Acker)>| {
+        let acking = |batch: Vec<(u64, lapin::Acker)>| {
             let ledger = Arc::clone(&ledger);
             tokio::spawn(async move {
-                let refs: Vec<(u64, &lapin::acker::Acker)> =
+                let refs: Vec<(u64, &lapin::Acker)> =
                     batch.iter().map(|(tag, acker)| (*tag, acker)).collect();
                 let started = Instant::now();
                 let acked = ledger.ack(&refs).await;
@@ -407,13 +405,13 @@ mod tests {
         assert!(channel.status().connected(), "channel still open");
         // Let the quorum queue apply the acks before the channel closes (rabbitmq-server#10327).
         tokio::time::sleep(Duration::from_millis(500)).await;
-        channel.close(200, "done").await.expect("close");
+        channel.close(200, "done".into()).await.expect("close");
         let check = connection.create_channel().await.expect("channel");
         let mut left = u32::MAX;
         for _ in 0..50 {
             left = check
                 .queue_declare(
-                    &queue,
+                    queue.as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..Default::default()
@@ -429,10 +427,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         check
-            .queue_delete(&queue, QueueDeleteOptions::default())
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await
             .expect("delete");
         assert_eq!(left, 1, "only the delivery given back is left in the queue");
-        let _ = connection.close(200, "done").await;
+        let _ = connection.close(200, "done".into()).await;
     }
 }

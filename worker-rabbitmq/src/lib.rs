@@ -40,6 +40,7 @@ mod settle;
 pub mod topology;
 mod worker;
 
+pub use convert::TooLong;
 pub use error::WorkerError;
 pub use publisher::{PublishError, Publisher};
 pub use relay::{Relay, RelayBuilder, RunningRelay};

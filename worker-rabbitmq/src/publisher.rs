@@ -3,14 +3,13 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
 use std::sync::Arc;
 
-use lapin::{Channel, Connection};
+use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
 use worker_core::OutboundMessage;
 
-use crate::convert::properties_to_amqp;
+use crate::convert::{properties_to_amqp, short_string, TooLong};
 
 /// How long to wait for a publisher confirm before treating the publish as failed.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,8 +24,8 @@ pub enum PublishError {
         exchange: String,
         /// Routing key.
         routing_key: String,
-        /// The client's error.
-        source: lapin::Error,
+        /// The client's error (boxed: lapin 4's error is 80 bytes).
+        source: Box<lapin::Error>,
     },
     /// The broker returned the message as unroutable (no queue bound).
     #[error("the broker returned the message published to {exchange:?} with routing key {routing_key:?}: {reply} (is the queue declared?)")]
@@ -47,6 +46,17 @@ pub enum PublishError {
         exchange: String,
         /// Routing key.
         routing_key: String,
+    },
+    /// The message, its exchange or its routing key does not fit AMQP's types (a short string
+    /// over 255 bytes). Nothing was sent.
+    #[error("cannot publish to exchange {exchange:?} with routing key {routing_key:?}: {source}")]
+    Unencodable {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// What does not fit.
+        source: TooLong,
     },
     /// No confirm arrived in time.
     #[error("no publisher confirm within {0:?}")]
@@ -93,16 +103,31 @@ impl Publisher {
         let broker = |source| PublishError::Broker {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
+            source: Box::new(source),
+        };
+        let unencodable = |source| PublishError::Unencodable {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
             source,
         };
+        let properties = properties_to_amqp(&message.properties).map_err(unencodable)?;
+        let amqp_exchange =
+            short_string(exchange, || "the exchange name".into()).map_err(unencodable)?;
+        let amqp_routing_key =
+            short_string(routing_key, || "the routing key".into()).map_err(unencodable)?;
         let channel = self.channel().await.map_err(broker)?;
         let options = BasicPublishOptions {
             mandatory: true,
             immediate: false,
         };
-        let properties = properties_to_amqp(&message.properties);
         let confirm = channel
-            .basic_publish(exchange, routing_key, options, &message.body, properties)
+            .basic_publish(
+                amqp_exchange,
+                amqp_routing_key,
+                options,
+                &message.body,
+                properties,
+            )
             .await
             .map_err(broker)?;
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)

@@ -99,6 +99,7 @@ impl RelayBuilder {
     /// RabbitMQ (declaring the events exchange), then starts relaying.
     pub async fn start(self) -> Result<RunningRelay, WorkerError> {
         let config = self.config;
+        crate::worker::check_names(&config, &[])?;
         let database_error = |source| WorkerError::Database {
             url: redact_url(&config.database_url),
             source,
@@ -213,7 +214,7 @@ impl RabbitSink {
             .await
             .map_err(WorkerError::broker("open a channel for the outbox relay"))?;
         topology::declare_exchange(&channel, &self.config).await?;
-        let _ = channel.close(200, "exchange declared").await;
+        let _ = channel.close(200, "exchange declared".into()).await;
         let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
         *state = Some((connection, Arc::clone(&publisher)));
         Ok(publisher)
@@ -223,7 +224,7 @@ impl RabbitSink {
 impl RabbitSink {
     async fn close(&self) {
         if let Some((connection, _)) = self.state.lock().await.take() {
-            let _ = connection.close(200, "outbox relay stopping").await;
+            let _ = connection.close(200, "outbox relay stopping".into()).await;
         }
     }
 }
@@ -251,9 +252,11 @@ impl OutboxSink for RabbitSink {
                 .await
             {
                 Ok(()) => Ok(()),
-                Err(error @ (PublishError::Returned { .. } | PublishError::Nacked { .. })) => {
-                    Err(SinkError::Rejected(error.to_string()))
-                }
+                Err(
+                    error @ (PublishError::Returned { .. }
+                    | PublishError::Nacked { .. }
+                    | PublishError::Unencodable { .. }),
+                ) => Err(SinkError::Rejected(error.to_string())),
                 Err(error) => Err(SinkError::Unavailable(error.to_string())),
             }
         })

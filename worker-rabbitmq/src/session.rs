@@ -20,7 +20,7 @@ use worker_core::telemetry::health::Health;
 use worker_core::telemetry::metrics::Metrics;
 use worker_core::{HandlerSpec, WorkerConfig};
 
-use crate::connection::connect;
+use crate::connection::{connect, on_error};
 use crate::consume::{self, Plan, Source};
 use crate::error::WorkerError;
 use crate::lag::{self, Watched};
@@ -62,7 +62,7 @@ impl Blueprint {
     pub(crate) async fn open(&self) -> Result<Session, WorkerError> {
         let connection = Arc::new(connect(&self.config, &self.config.consumer).await?);
         let health = Arc::clone(&self.health);
-        connection.on_error(move |error| {
+        on_error(&connection, move |error| {
             tracing::error!(%error, "RabbitMQ connection lost");
             health.set_broker_connected(false);
         });
@@ -74,7 +74,7 @@ impl Blueprint {
         for (_, spec, _) in &self.handlers {
             topology::declare_handler(&setup, &self.config, spec).await?;
         }
-        let _ = setup.close(200, "topology declared").await;
+        let _ = setup.close(200, "topology declared".into()).await;
 
         let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
         self.health.set_broker_connected(true);
@@ -211,7 +211,10 @@ impl Session {
     async fn discard(mut self) {
         self.consumers.shutdown().await;
         self.lag_poller.abort();
-        let _ = self.connection.close(320, "worker reconnecting").await;
+        let _ = self
+            .connection
+            .close(320, "worker reconnecting".into())
+            .await;
     }
 }
 

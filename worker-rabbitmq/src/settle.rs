@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use lapin::acker::Acker;
+use lapin::Acker;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use worker_core::{Disposition, OutboundMessage};

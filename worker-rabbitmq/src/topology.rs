@@ -128,7 +128,7 @@ pub async fn declare_exchange(channel: &Channel, config: &WorkerConfig) -> Resul
     };
     channel
         .exchange_declare(
-            &config.exchange,
+            config.exchange.as_str().into(),
             ExchangeKind::Topic,
             options,
             FieldTable::default(),
@@ -155,7 +155,7 @@ pub async fn declare_handler(
     if has_delivery_limit_queue(config) {
         channel
             .queue_declare(
-                &names.delivery_limit,
+                names.delivery_limit.as_str().into(),
                 durable,
                 queue_type_args(QueueType::Quorum),
             )
@@ -166,7 +166,11 @@ pub async fn declare_handler(
             )))?;
     }
     channel
-        .queue_declare(&names.work, durable, work_queue_args(config, &names))
+        .queue_declare(
+            names.work.as_str().into(),
+            durable,
+            work_queue_args(config, &names),
+        )
         .await
         .map_err(WorkerError::broker(format!(
             "declare work queue `{}` (PRECONDITION_FAILED means it exists with other arguments, e.g. from an \
@@ -180,9 +184,9 @@ pub async fn declare_handler(
     } else {
         channel
             .queue_bind(
-                &names.work,
-                &config.exchange,
-                spec.event_type,
+                names.work.as_str().into(),
+                config.exchange.as_str().into(),
+                spec.event_type.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -193,7 +197,11 @@ pub async fn declare_handler(
             )))?;
     }
     channel
-        .queue_declare(&names.dlq, durable, queue_type_args(QueueType::Classic))
+        .queue_declare(
+            names.dlq.as_str().into(),
+            durable,
+            queue_type_args(QueueType::Classic),
+        )
         .await
         .map_err(WorkerError::broker(format!(
             "declare dead-letter queue `{}` (classic; if it exists as a quorum queue from an older version, move its records elsewhere and delete it)",
@@ -221,7 +229,7 @@ pub async fn declare_handler(
             AMQPValue::LongString(LongString::from(names.work.as_str())),
         );
         channel
-            .queue_declare(&name, durable, args)
+            .queue_declare(name.as_str().into(), durable, args)
             .await
             .map_err(WorkerError::broker(format!(
                 "declare delay queue `{name}` (PRECONDITION_FAILED means it exists with other arguments, e.g. a \
@@ -245,7 +253,7 @@ async fn declare_partitions(
     args.insert(ShortString::from("hash-header"), text(PARTITION_KEY_HEADER));
     channel
         .exchange_declare(
-            &exchange,
+            exchange.as_str().into(),
             ExchangeKind::Custom(PARTITION_EXCHANGE_TYPE.into()),
             ExchangeDeclareOptions {
                 durable: true,
@@ -257,9 +265,9 @@ async fn declare_partitions(
         .map_err(|source| declare_error(&exchange, spec.name, source))?;
     channel
         .exchange_bind(
-            &exchange,
-            &config.exchange,
-            spec.event_type,
+            exchange.as_str().into(),
+            config.exchange.as_str().into(),
+            spec.event_type.into(),
             ExchangeBindOptions::default(),
             FieldTable::default(),
         )
@@ -280,7 +288,7 @@ async fn declare_partitions(
             ..Default::default()
         };
         channel
-            .queue_declare(&queue, durable, args)
+            .queue_declare(queue.as_str().into(), durable, args)
             .await
             .map_err(WorkerError::broker(format!(
                 "declare partition queue `{queue}`"
@@ -288,9 +296,9 @@ async fn declare_partitions(
         // The routing key of a consistent-hash binding is the queue's weight on the ring.
         channel
             .queue_bind(
-                &queue,
-                &exchange,
-                "1",
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "1".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -303,9 +311,9 @@ async fn declare_partitions(
     // that binding would bypass the partitions. Unbinding a missing binding is a no-op.
     channel
         .queue_unbind(
-            &names.work,
-            &config.exchange,
-            spec.event_type,
+            names.work.as_str().into(),
+            config.exchange.as_str().into(),
+            spec.event_type.into(),
             FieldTable::default(),
         )
         .await
@@ -324,7 +332,7 @@ fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerE
         WorkerError::ConsistentHashPluginMissing {
             exchange: exchange.to_owned(),
             handler: handler.to_owned(),
-            source,
+            source: Box::new(source),
         }
     } else {
         WorkerError::broker(format!("declare consistent-hash exchange `{exchange}`"))(source)
@@ -369,10 +377,10 @@ mod tests {
     #[test]
     fn a_missing_plugin_is_named_with_its_fix() {
         use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError};
-        let refused = lapin::Error::ProtocolError(AMQPError::new(
+        let refused = lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
             AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
             "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'".into(),
-        ));
+        )));
         let error = declare_error("ship-order.partition", "ship-order", refused).to_string();
         assert!(
             error.contains("rabbitmq-plugins enable rabbitmq_consistent_hash_exchange")
@@ -382,7 +390,10 @@ mod tests {
         let other = declare_error(
             "ship-order.partition",
             "ship-order",
-            lapin::Error::InvalidChannelState(lapin::ChannelState::Closed),
+            lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Closed,
+                "test",
+            )),
         );
         assert!(matches!(other, WorkerError::Broker { .. }), "{other}");
     }

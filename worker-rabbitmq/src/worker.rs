@@ -14,12 +14,13 @@ use worker_core::pipeline::Runtime;
 use worker_core::telemetry::health::Health;
 use worker_core::telemetry::metrics::Metrics;
 use worker_core::telemetry::server::{self, Endpoint};
-use worker_core::{DedupStore, Handler, Observer, Registry, WorkerConfig};
+use worker_core::{DedupStore, Handler, HandlerSpec, Observer, Registry, WorkerConfig};
 
+use crate::convert::short_string;
 use crate::error::WorkerError;
 use crate::runner::Stop;
 use crate::session::{self, Blueprint, Leftovers};
-use crate::topology::QueueNames;
+use crate::topology::{self, QueueNames};
 
 /// How often old dedup rows are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -145,6 +146,7 @@ impl WorkerBuilder {
             .iter()
             .map(|h| config.resolve(&h.spec()))
             .collect::<Result<Vec<_>, _>>()?;
+        check_names(&config, &specs)?;
         let outbox = crate::relay::resolve(self.outbox)?;
         if let Some(longest) = specs
             .iter()
@@ -250,6 +252,39 @@ impl WorkerBuilder {
             shutdown_timeout: config.shutdown_timeout,
         })
     }
+}
+
+/// Checks that every name the worker hands the broker fits an AMQP short string (255 bytes):
+/// the exchange, each handler's queues, hash exchange, binding key and consumer tags. lapin
+/// panics on a longer one, so a long prefix or consumer name fails here, before connecting.
+pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
+    let fits = |what: &str, name: &str| {
+        short_string(name, || format!("the {what} `{name}`"))
+            .map(drop)
+            .map_err(WorkerError::NameTooLong)
+    };
+    fits("exchange", &config.exchange)?;
+    for spec in specs {
+        let names = QueueNames::new(config, spec.name);
+        fits("event type (binding key)", spec.event_type)?;
+        fits("work queue", &names.work)?;
+        fits("dead-letter queue", &names.dlq)?;
+        fits("delivery-limit queue", &names.delivery_limit)?;
+        let levels = topology::delay_levels(spec);
+        if levels > 0 {
+            fits("delay queue", &names.delay(levels))?;
+        }
+        // The session's consumer tags: the longest suffix is the delivery-limit consumer's.
+        let tag = format!("{}-{}-{}", config.consumer, spec.name, std::process::id());
+        fits("consumer tag", &format!("{tag}-delivery-limit"))?;
+        if let Some(partitioning) = spec.partition {
+            fits("partition exchange", &names.partition_exchange())?;
+            let last = partitioning.partitions.saturating_sub(1);
+            fits("partition queue", &names.partition(last))?;
+            fits("consumer tag", &format!("{tag}-p{last}"))?;
+        }
+    }
+    Ok(())
 }
 
 async fn connect_database(
@@ -371,10 +406,10 @@ impl RunningWorker {
             tokio::time::sleep(ACKS_LAND).await;
         }
         for channel in leftovers.channels {
-            let _ = channel.close(200, "worker stopping").await;
+            let _ = channel.close(200, "worker stopping".into()).await;
         }
         if let Some(connection) = leftovers.connection {
-            let _ = connection.close(200, "worker stopping").await;
+            let _ = connection.close(200, "worker stopping".into()).await;
         }
         if let Some(relay) = self.relay.take() {
             relay.shutdown().await;
@@ -427,5 +462,45 @@ impl WorkerBuilder {
         Option<&crate::demo::DemoHook>,
     ) {
         (&self.registry, self.config.as_ref(), self.demo.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use worker_core::{HandlerSpec, WorkerConfig};
+
+    use super::check_names;
+    use crate::error::WorkerError;
+
+    #[test]
+    fn names_over_255_bytes_are_refused_before_connecting() {
+        let spec = HandlerSpec::new("charge-on-order-placed", "OrderPlaced");
+        let config = WorkerConfig::default();
+        assert!(check_names(&config, std::slice::from_ref(&spec)).is_ok());
+
+        let long_prefix = WorkerConfig {
+            queue_prefix: "p".repeat(240),
+            ..WorkerConfig::default()
+        };
+        let error = check_names(&long_prefix, std::slice::from_ref(&spec)).expect_err("too long");
+        assert!(
+            matches!(&error, WorkerError::NameTooLong(too_long) if too_long.len > 255),
+            "{error}"
+        );
+        assert!(error.to_string().contains("WORKER_QUEUE_PREFIX"), "{error}");
+
+        // The consumer tag is the consumer name, the handler name and the pid.
+        let long_consumer = WorkerConfig {
+            consumer: "c".repeat(230),
+            ..WorkerConfig::default()
+        };
+        let error = check_names(&long_consumer, &[spec]).expect_err("too long");
+        assert!(error.to_string().contains("consumer tag"), "{error}");
+
+        let long_exchange = WorkerConfig {
+            exchange: "e".repeat(256),
+            ..WorkerConfig::default()
+        };
+        assert!(check_names(&long_exchange, &[]).is_err());
     }
 }

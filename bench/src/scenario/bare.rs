@@ -32,8 +32,8 @@ pub async fn run(
     let queue = namespace.names(Scenario::A).work;
     let mut consumer = channel
         .basic_consume(
-            &queue,
-            TAG,
+            queue.as_str().into(),
+            TAG.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -61,7 +61,7 @@ pub async fn run(
         consuming.await??;
         super::settle_before_close(&channel, &queue, TAG).await;
     }
-    let _ = channel.close(200, "done").await;
-    let _ = connection.close(200, "done").await;
+    let _ = channel.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(())
 }

@@ -38,8 +38,8 @@ pub async fn run(
     let queue = namespace.names(Scenario::C).work;
     let mut consumer = channel
         .basic_consume(
-            &queue,
-            TAG,
+            queue.as_str().into(),
+            TAG.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -70,7 +70,7 @@ pub async fn run(
                 match result {
                     Ok(()) => {
                         let acked = delivery.acker.ack(BasicAckOptions::default()).await;
-                        recorder.done(published, acked.is_ok());
+                        recorder.done(published, matches!(acked, Ok(true)));
                     }
                     Err(error) => {
                         eprintln!("hand-written consumer: {error}; requeueing");
@@ -94,8 +94,8 @@ pub async fn run(
     if finished {
         super::settle_before_close(&channel, &queue, TAG).await;
     }
-    let _ = channel.close(200, "done").await;
-    let _ = connection.close(200, "done").await;
+    let _ = channel.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
     pool.close().await;
     Ok(())
 }

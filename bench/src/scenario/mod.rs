@@ -68,7 +68,7 @@ pub fn published_us(properties: &BasicProperties) -> Option<u64> {
 /// delivery), so the wait is not measured.
 pub async fn settle_before_close(channel: &Channel, queue: &str, tag: &str) {
     if let Err(error) = channel
-        .basic_cancel(tag, BasicCancelOptions::default())
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
         .await
     {
         eprintln!("cancelling consumer {tag} failed: {error}");
@@ -81,7 +81,7 @@ pub async fn settle_before_close(channel: &Channel, queue: &str, tag: &str) {
     let deadline = Instant::now() + SETTLE_GRACE;
     loop {
         match channel
-            .queue_declare(queue, passive, FieldTable::default())
+            .queue_declare(queue.into(), passive, FieldTable::default())
             .await
         {
             Ok(state) if state.consumer_count() == 0 => return,

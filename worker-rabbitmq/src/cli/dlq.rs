@@ -32,7 +32,7 @@ pub(super) async fn run(
         DlqCommand::Purge(args) => purge(setup, &connection, args, console).await,
     };
     // Closing the connection gives back anything still held, whatever happened above.
-    let _ = connection.close(200, "dlq command done").await;
+    let _ = connection.close(200, "dlq command done".into()).await;
     result
 }
 

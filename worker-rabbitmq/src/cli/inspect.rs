@@ -48,7 +48,7 @@ pub(super) async fn run(
             }
             wait_until_consuming(&connection, &setup).await;
             let result = publish_demo(&setup, &connection, false, &mut console).await;
-            let _ = connection.close(200, "demo published").await;
+            let _ = connection.close(200, "demo published".into()).await;
             result
         }
         .await;
@@ -80,11 +80,11 @@ async fn wait_until_consuming(connection: &Connection, setup: &Setup) {
                 let consumers = match connection.create_channel().await {
                     Ok(channel) => {
                         let count = channel
-                            .queue_declare(&queue, passive, FieldTable::default())
+                            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                             .await
                             .map(|q| q.consumer_count())
                             .unwrap_or(0);
-                        let _ = channel.close(200, "").await;
+                        let _ = channel.close(200, "".into()).await;
                         count
                     }
                     Err(_) => 0,
@@ -321,7 +321,7 @@ pub(super) async fn topology(
     if args.declare {
         let connection = open(setup).await?;
         let result = declare(&connection, setup).await;
-        let _ = connection.close(200, "topology declared").await;
+        let _ = connection.close(200, "topology declared".into()).await;
         result?;
     }
     if args.json {
@@ -351,7 +351,7 @@ pub(super) async fn declare(connection: &Connection, setup: &Setup) -> Result<()
     for spec in &setup.specs {
         topology::declare_handler(&channel, &setup.config, spec).await?;
     }
-    let _ = channel.close(200, "declared").await;
+    let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }
 
@@ -362,7 +362,7 @@ pub(super) async fn demo(setup: &Setup, json: bool, console: &mut Console) -> Re
     }
     let connection = Arc::new(open(setup).await?);
     let result = publish_demo(setup, &connection, json, console).await;
-    let _ = connection.close(200, "demo published").await;
+    let _ = connection.close(200, "demo published".into()).await;
     result.map(|()| 0)
 }
 

@@ -106,6 +106,7 @@ impl Setup {
             .iter()
             .map(|h| config.resolve(&h.spec()))
             .collect::<Result<Vec<_>, _>>()?;
+        crate::worker::check_names(&config, &specs)?;
         Ok(Self {
             config,
             specs,

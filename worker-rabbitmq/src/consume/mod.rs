@@ -19,10 +19,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lapin::acker::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::Acker;
 use lapin::Channel;
 use tokio::sync::OwnedSemaphorePermit;
 use worker_core::{HandlerSpec, InboundMessage, WorkerConfig};
@@ -142,8 +142,8 @@ pub(crate) async fn consume(
         .map_err(WorkerError::broker(format!("set prefetch on `{queue}`")))?;
     let mut consumer = channel
         .basic_consume(
-            queue,
-            &consumer_tag,
+            queue.into(),
+            consumer_tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -172,7 +172,7 @@ pub(crate) async fn consume(
     }
     result?;
     if let Err(error) = channel
-        .basic_cancel(&consumer_tag, BasicCancelOptions::default())
+        .basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
         .await
     {
         tracing::warn!(%error, queue, "cancelling the consumer failed");

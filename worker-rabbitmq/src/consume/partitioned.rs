@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use lapin::acker::Acker;
+use lapin::Acker;
 use worker_core::partition::key_of;
 use worker_core::retry::attempts::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
 use worker_core::{Disposition, HeaderValue, InboundMessage, OutboundMessage, Properties};

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use lapin::acker::Acker;
+use lapin::Acker;
 use worker_core::pipeline::delivery_limit;
 use worker_core::InboundMessage;
 

@@ -62,7 +62,7 @@ impl HeldQueue {
             ..Default::default()
         };
         let depth = match channel
-            .queue_declare(queue, passive, FieldTable::default())
+            .queue_declare(queue.into(), passive, FieldTable::default())
             .await
         {
             Ok(state) => state.message_count() as usize,
@@ -83,7 +83,7 @@ impl HeldQueue {
         let mut entries = Vec::with_capacity(depth);
         while entries.len() < depth {
             let got = channel
-                .basic_get(queue, BasicGetOptions { no_ack: false })
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
                 .await
                 .map_err(DlqError::broker(format!("read `{queue}`")))?;
             let Some(message) = got else { break };
@@ -120,6 +120,9 @@ impl HeldQueue {
     /// Gives every entry not removed back to its original position.
     pub async fn release(self) {
         // Closing the channel requeues its unacked messages where they were.
-        let _ = self.channel.close(200, "dead-letter browse done").await;
+        let _ = self
+            .channel
+            .close(200, "dead-letter browse done".into())
+            .await;
     }
 }
