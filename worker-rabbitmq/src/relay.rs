@@ -99,7 +99,7 @@ impl RelayBuilder {
     /// RabbitMQ (declaring the events exchange), then starts relaying.
     pub async fn start(self) -> Result<RunningRelay, WorkerError> {
         let config = self.config;
-        crate::worker::check_names(&config, &[])?;
+        topology::check_names(&config, &[])?;
         let database_error = |source| WorkerError::Database {
             url: redact_url(&config.database_url),
             source,

@@ -125,13 +125,6 @@ impl Blueprint {
                 "open a consumer channel for `{}`",
                 plan.queue
             )))?;
-        let tag = format!(
-            "{}-{}-{}{}",
-            self.config.consumer,
-            spec.name,
-            std::process::id(),
-            plan.tag_suffix
-        );
         let runner = Arc::new(Runner {
             handler: Arc::clone(handler),
             spec: spec.clone(),
@@ -144,7 +137,7 @@ impl Blueprint {
             slots: Arc::new(Semaphore::new(plan.slots)),
         });
         consumers.spawn(async move {
-            let result = consume::consume(runner, channel.clone(), tag, plan).await;
+            let result = consume::consume(runner, channel.clone(), plan).await;
             (channel, result)
         });
         Ok(())

@@ -339,6 +339,31 @@ fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerE
     }
 }
 
+/// Checks that every name of the topology fits an AMQP short string (255 bytes): the exchange and
+/// each handler's queues, hash exchange and binding key. lapin panics on a longer one, so a long
+/// prefix fails at start, before connecting.
+pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
+    let fits = WorkerError::check_name;
+    fits("exchange", &config.exchange)?;
+    for spec in specs {
+        let names = QueueNames::new(config, spec.name);
+        fits("event type (binding key)", spec.event_type)?;
+        fits("work queue", &names.work)?;
+        fits("dead-letter queue", &names.dlq)?;
+        fits("delivery-limit queue", &names.delivery_limit)?;
+        let levels = delay_levels(spec);
+        if levels > 0 {
+            fits("delay queue", &names.delay(levels))?;
+        }
+        if let Some(partitioning) = spec.partition {
+            fits("partition exchange", &names.partition_exchange())?;
+            let last = partitioning.partitions.saturating_sub(1);
+            fits("partition queue", &names.partition(last))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether each handler has a delivery-limit queue: only a quorum work queue counts deliveries.
 pub(crate) fn has_delivery_limit_queue(config: &WorkerConfig) -> bool {
     config.queue_type == QueueType::Quorum && config.delivery_limit.is_some()

@@ -16,7 +16,7 @@ use worker_core::telemetry::metrics::Metrics;
 use worker_core::telemetry::server::{self, Endpoint};
 use worker_core::{DedupStore, Handler, HandlerSpec, Observer, Registry, WorkerConfig};
 
-use crate::convert::short_string;
+use crate::consume::{Plan, Source};
 use crate::error::WorkerError;
 use crate::runner::Stop;
 use crate::session::{self, Blueprint, Leftovers};
@@ -254,34 +254,16 @@ impl WorkerBuilder {
     }
 }
 
-/// Checks that every name the worker hands the broker fits an AMQP short string (255 bytes):
-/// the exchange, each handler's queues, hash exchange, binding key and consumer tags. lapin
-/// panics on a longer one, so a long prefix or consumer name fails here, before connecting.
+/// Checks that every name the worker hands the broker fits an AMQP short string (255 bytes): the
+/// topology's (see [`topology::check_names`]) and the session's consumer tags. lapin panics on a
+/// longer one, so a long prefix or consumer name fails here, before connecting.
 pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
-    let fits = |what: &str, name: &str| {
-        short_string(name, || format!("the {what} `{name}`"))
-            .map(drop)
-            .map_err(WorkerError::NameTooLong)
-    };
-    fits("exchange", &config.exchange)?;
+    topology::check_names(config, specs)?;
     for spec in specs {
         let names = QueueNames::new(config, spec.name);
-        fits("event type (binding key)", spec.event_type)?;
-        fits("work queue", &names.work)?;
-        fits("dead-letter queue", &names.dlq)?;
-        fits("delivery-limit queue", &names.delivery_limit)?;
-        let levels = topology::delay_levels(spec);
-        if levels > 0 {
-            fits("delay queue", &names.delay(levels))?;
-        }
-        // The session's consumer tags: the longest suffix is the delivery-limit consumer's.
-        let tag = format!("{}-{}-{}", config.consumer, spec.name, std::process::id());
-        fits("consumer tag", &format!("{tag}-delivery-limit"))?;
-        if let Some(partitioning) = spec.partition {
-            fits("partition exchange", &names.partition_exchange())?;
-            let last = partitioning.partitions.saturating_sub(1);
-            fits("partition queue", &names.partition(last))?;
-            fits("consumer tag", &format!("{tag}-p{last}"))?;
+        for source in Source::of(config, spec) {
+            let plan = Plan::new(source, config, spec, &names);
+            WorkerError::check_name("consumer tag", &plan.tag)?;
         }
     }
     Ok(())

@@ -65,8 +65,8 @@ impl Source {
 pub(crate) struct Plan {
     /// The queue it reads.
     pub(crate) queue: String,
-    /// Appended to the handler's consumer tag.
-    pub(crate) tag_suffix: String,
+    /// Its consumer tag: the consumer name, the handler, the process id and which queue.
+    pub(crate) tag: String,
     /// Deliveries in flight (and the channel's prefetch).
     pub(crate) slots: usize,
     /// Whether it counts for `/readyz` (work-queue consumers only).
@@ -90,12 +90,20 @@ impl Plan {
         spec: &HandlerSpec,
         names: &QueueNames,
     ) -> Self {
+        let tag = |queue: &str| {
+            format!(
+                "{}-{}-{}{queue}",
+                config.consumer,
+                spec.name,
+                std::process::id()
+            )
+        };
         match source {
             Source::Work => {
                 let batching = Batching::of(config, spec);
                 Self {
                     queue: names.work.clone(),
-                    tag_suffix: String::new(),
+                    tag: tag(""),
                     slots: spec.concurrency,
                     readiness: true,
                     strategy: if spec.partition.is_some() {
@@ -109,7 +117,7 @@ impl Plan {
             }
             Source::DeliveryLimit => Self {
                 queue: names.delivery_limit.clone(),
-                tag_suffix: "-delivery-limit".into(),
+                tag: tag("-delivery-limit"),
                 slots: spec.concurrency,
                 readiness: false,
                 strategy: Strategy::Single(Single::DeliveryLimit),
@@ -117,7 +125,7 @@ impl Plan {
             // One delivery in flight: that is what keeps the partition's entities in order.
             Source::Partition(k) => Self {
                 queue: names.partition(k),
-                tag_suffix: format!("-p{k}"),
+                tag: tag(&format!("-p{k}")),
                 slots: 1,
                 readiness: false,
                 strategy: Strategy::Partitioned(Partitioned::Partition(k)),
@@ -131,7 +139,6 @@ impl Plan {
 pub(crate) async fn consume(
     runner: Arc<Runner>,
     channel: Channel,
-    consumer_tag: String,
     plan: Plan,
 ) -> Result<(), WorkerError> {
     let queue = runner.queue.as_str();
@@ -143,7 +150,7 @@ pub(crate) async fn consume(
     let mut consumer = channel
         .basic_consume(
             queue.into(),
-            consumer_tag.as_str().into(),
+            plan.tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -172,7 +179,7 @@ pub(crate) async fn consume(
     }
     result?;
     if let Err(error) = channel
-        .basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
+        .basic_cancel(plan.tag.into(), BasicCancelOptions::default())
         .await
     {
         tracing::warn!(%error, queue, "cancelling the consumer failed");
