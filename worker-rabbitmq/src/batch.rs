@@ -21,6 +21,7 @@ use worker_core::{Disposition, InboundMessage};
 
 use crate::consumer::{HandlerRunner, Stop, FIRST_DATABASE_PAUSE, MAX_DATABASE_PAUSE};
 use crate::convert;
+use crate::deaths;
 use crate::error::WorkerError;
 use crate::ledger::Ledger;
 use crate::settle::{self, Durability, GIVE_BACK_PAUSE};
@@ -152,7 +153,9 @@ impl HandlerRunner {
         let mut messages = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             ackers.push((delivery.delivery_tag, delivery.acker.clone()));
-            messages.push(convert::inbound(delivery));
+            let mut message = convert::inbound(delivery);
+            deaths::forget_delay(&mut message);
+            messages.push(message);
         }
         let observer = &self.runtime.observer;
         for message in &messages {
@@ -185,7 +188,7 @@ impl HandlerRunner {
         let durability = futures::future::join_all(
             dispositions
                 .iter()
-                .map(|d| settle::make_durable(d, &self.names, &self.publisher)),
+                .map(|d| settle::make_durable(d, &self.names, &self.spec.retry, &self.publisher)),
         )
         .await;
         // The transaction is over: the next batch may start while this one waits for its acks.

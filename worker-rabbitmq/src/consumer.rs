@@ -13,7 +13,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::observer::Settlement;
-use worker_core::pipeline::delivery_limit;
 use worker_core::pipeline::Runtime;
 use worker_core::registry::ErasedHandler;
 use worker_core::HandlerSpec;
@@ -21,6 +20,7 @@ use worker_core::{Disposition, InboundMessage};
 
 use crate::batch::Batching;
 use crate::convert;
+use crate::deaths;
 use crate::error::WorkerError;
 use crate::partition;
 use crate::publisher::Publisher;
@@ -152,7 +152,10 @@ impl HandlerRunner {
                 permit = Arc::clone(in_flight).acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let acker = delivery.acker.clone();
-            let message = convert::inbound(delivery);
+            let mut message = convert::inbound(delivery);
+            if source != Source::DeliveryLimit {
+                deaths::forget_delay(&mut message);
+            }
             let (abandon, consuming) = (stop.abandon.clone(), stop.consuming.clone());
             // The task is `handle`'s own future (no wrapping block): an async fn keeps its
             // arguments for its whole life, so each should be stored once, and converted already.
@@ -210,7 +213,14 @@ impl HandlerRunner {
             } => disposition,
         };
         let done = settlement(disposition.outcome_name(), disposition.error_kind(), false);
-        let settled = settle::settle(&acker, &disposition, &self.names, &self.publisher).await;
+        let settled = settle::settle(
+            &acker,
+            &disposition,
+            &self.names,
+            &self.spec.retry,
+            &self.publisher,
+        )
+        .await;
         observer.settled(&Settlement {
             acked: settled == Settled::Acked,
             ..done
@@ -226,7 +236,7 @@ impl HandlerRunner {
         source: Source,
     ) -> Disposition {
         if source == Source::DeliveryLimit {
-            return delivery_limit::delivery_limit_exceeded(&self.spec, &self.runtime, message);
+            return deaths::delivery_limit_disposition(&self.spec, &self.runtime, message);
         }
         let mut pause = FIRST_DATABASE_PAUSE;
         loop {

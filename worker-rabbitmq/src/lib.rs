@@ -27,6 +27,8 @@ pub mod cli;
 mod connection;
 mod consumer;
 mod convert;
+mod deaths;
+pub mod delay;
 pub mod demo;
 pub mod dlq;
 mod error;
@@ -37,6 +39,7 @@ mod publisher;
 pub mod relay;
 mod session;
 mod settle;
+mod spans;
 pub mod topology;
 mod worker;
 

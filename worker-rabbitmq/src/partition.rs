@@ -311,6 +311,7 @@ pub(crate) async fn forward_replay(
                 acker,
                 &Disposition::Processed,
                 &runner.names,
+                &runner.spec.retry,
                 &runner.publisher,
             )
             .await

@@ -5,8 +5,9 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
 use tracing::Instrument;
-use worker_core::{Disposition, OutboundMessage};
+use worker_core::{Disposition, OutboundMessage, RetryPolicy};
 
+use crate::delay;
 use crate::publisher::PublishError;
 
 use crate::publisher::Publisher;
@@ -31,9 +32,10 @@ pub(crate) async fn settle(
     acker: &Acker,
     disposition: &Disposition,
     names: &QueueNames,
+    retry: &RetryPolicy,
     publisher: &Publisher,
 ) -> Settled {
-    match make_durable(disposition, names, publisher).await {
+    match make_durable(disposition, names, retry, publisher).await {
         Durability::GiveBack(reason) => {
             tracing::warn!(
                 reason,
@@ -71,34 +73,38 @@ pub(crate) enum Durability {
     Failed(PublishError),
 }
 
-/// Makes a disposition's outcome durable before its ack: publishes the retry copy or the dead
-/// letter and waits for the broker's confirm. Processed and duplicate deliveries are durable
-/// already (committed).
+/// Makes a disposition's outcome durable before its ack: publishes the retry copy (to the delay
+/// queue of its level under `retry`, its delay as the TTL) or the dead letter and waits for the
+/// broker's confirm. Processed and duplicate deliveries are durable already (committed).
 pub(crate) async fn make_durable(
     disposition: &Disposition,
     names: &QueueNames,
+    retry: &RetryPolicy,
     publisher: &Publisher,
 ) -> Durability {
     let published = match disposition {
         Disposition::Processed | Disposition::Duplicate => return Durability::Durable,
         Disposition::Retry {
             message,
-            level,
             delay,
             failures,
             span,
             ..
         } => {
-            let queue = names.delay(*level);
+            let queue = names.delay(delay::level(retry, *failures));
             tracing::info!(
                 failures,
                 delay_ms = delay.as_millis() as u64,
                 queue,
                 "publishing retry copy"
             );
-            // Boxed: the publish future is large and rare, and every delivery in flight would
-            // otherwise carry room for it.
-            Box::pin(publish_in(span, publisher, &queue, message)).await
+            // Boxed: the publish future (with the copy carrying its TTL) is large and rare, and
+            // every delivery in flight would otherwise carry room for it.
+            Box::pin(async {
+                let copy = delay::with_ttl(message, *delay);
+                publish_in(span, publisher, &queue, &copy).await
+            })
+            .await
         }
         Disposition::DeadLetter { message, span, .. } => {
             Box::pin(publish_in(span, publisher, &names.dlq, message)).await
@@ -118,7 +124,7 @@ async fn publish_in(
     queue: &str,
     message: &OutboundMessage,
 ) -> Result<(), PublishError> {
-    span.record("messaging.rabbitmq.destination.routing_key", queue);
+    span.record(crate::spans::ROUTING_KEY, queue);
     let result = publisher
         .publish("", queue, message)
         .instrument(span.clone())
