@@ -137,7 +137,8 @@ impl Namespace {
         for scenario in [Scenario::A, Scenario::B, Scenario::C, Scenario::D] {
             let spec = spec(scenario);
             let names = QueueNames::new(&self.config, spec.name);
-            let delays = (1..=spec.retry.level_count()).map(|l| names.delay(l));
+            let delays =
+                (1..=worker_rabbitmq::delay::level_count(&spec.retry)).map(|l| names.delay(l));
             for queue in [
                 names.work.clone(),
                 names.dlq.clone(),

@@ -13,6 +13,7 @@ use worker_core::dedup::identifier::Identifier;
 use worker_core::observer::NoopObserver;
 use worker_core::pipeline::batch::process_batch;
 use worker_core::pipeline::Runtime;
+use worker_core::transport::CoreSpans;
 use worker_core::{DedupStore, Disposition, Handler, InboundMessage, Properties};
 use worker_rabbitmq::Worker;
 use worker_tests::handlers::scripted;
@@ -78,6 +79,7 @@ async fn one_batch_settles_each_event_on_its_own() {
         consumer: "batching-test".into(),
         observer: Arc::new(NoopObserver),
         max_payload_bytes: 4 * 1024 * 1024,
+        spans: Arc::new(CoreSpans),
     };
     let spec = Handler::spec(&scripted);
     let batch = [

@@ -16,6 +16,7 @@ use worker_core::dedup::identifier::Identifier;
 use worker_core::observer::NoopObserver;
 use worker_core::pipeline::envelope::Envelope;
 use worker_core::pipeline::{self, Runtime};
+use worker_core::transport::CoreSpans;
 use worker_core::{
     handler, DeadLetterRecord, DedupStore, Disposition, ErrorKind, Handler, HandlerError,
     HeaderValue, InboundMessage,
@@ -136,6 +137,7 @@ fn processing(c: &mut Criterion) {
         consumer: "bench".into(),
         observer: Arc::new(NoopObserver),
         max_payload_bytes: usize::MAX,
+        spans: Arc::new(CoreSpans),
     };
     let spec = noop.spec();
     let message = message();

@@ -25,7 +25,7 @@ pub struct Context {
 }
 
 impl Context {
-    /// The event id (the AMQP `message_id`), stable across attempts.
+    /// The event id (the message's `message_id` property), stable across attempts.
     pub fn event_id(&self) -> &str {
         &self.event_id
     }

@@ -27,6 +27,8 @@ pub mod cli;
 mod connection;
 mod consume;
 mod convert;
+mod deaths;
+pub mod delay;
 pub mod demo;
 pub mod dlq;
 mod error;
@@ -37,6 +39,7 @@ pub mod relay;
 mod runner;
 mod session;
 mod settle;
+mod spans;
 pub mod topology;
 mod worker;
 

@@ -26,7 +26,7 @@ use worker_core::{Disposition, ErrorKind, HandlerSpec, InboundMessage};
 use crate::ack;
 use crate::error::WorkerError;
 use crate::publisher::Publisher;
-use crate::settle::{self, Settled};
+use crate::settle::{self, Outlets, Settled};
 use crate::topology::QueueNames;
 
 /// Backoff while the database is unavailable.
@@ -213,7 +213,7 @@ impl Runner {
         };
         // The pipeline's time, without settling.
         let duration = started.elapsed();
-        let settled = settle::settle(acker, &disposition, &self.names, &self.publisher).await;
+        let settled = settle::settle(acker, &disposition, self.outlets()).await;
         self.settled(
             message,
             disposition.outcome_name(),
@@ -221,6 +221,15 @@ impl Runner {
             settled == Settled::Acked,
             duration,
         );
+    }
+
+    /// Where this handler's outcomes go.
+    pub(crate) fn outlets(&self) -> Outlets<'_> {
+        Outlets {
+            names: &self.names,
+            retry: &self.spec.retry,
+            publisher: &self.publisher,
+        }
     }
 
     /// Tells the observer a delivery arrived.

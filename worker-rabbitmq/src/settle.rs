@@ -10,9 +10,10 @@ use std::time::Duration;
 use lapin::Acker;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
-use worker_core::{Disposition, OutboundMessage};
+use worker_core::{Disposition, OutboundMessage, RetryPolicy};
 
 use crate::ack;
+use crate::delay;
 use crate::ledger::Ledger;
 use crate::publisher::{PublishError, Publisher};
 use crate::topology::QueueNames;
@@ -20,6 +21,15 @@ use crate::topology::QueueNames;
 /// Pause before giving a delivery back, so a database outage or a broken publish does not turn
 /// into a hot redelivery loop.
 pub(crate) const GIVE_BACK_PAUSE: Duration = Duration::from_secs(1);
+
+/// Where a handler's outcomes go: its queues, its retry policy (which delay queue a retry copy
+/// takes) and the session's publisher.
+#[derive(Clone, Copy)]
+pub(crate) struct Outlets<'a> {
+    pub(crate) names: &'a QueueNames,
+    pub(crate) retry: &'a RetryPolicy,
+    pub(crate) publisher: &'a Publisher,
+}
 
 /// How a settlement ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +45,9 @@ pub(crate) enum Settled {
 pub(crate) async fn settle(
     acker: &Acker,
     disposition: &Disposition,
-    names: &QueueNames,
-    publisher: &Publisher,
+    outlets: Outlets<'_>,
 ) -> Settled {
-    match verdict(make_durable(disposition, names, publisher).await) {
+    match verdict(make_durable(disposition, outlets).await) {
         Verdict::Ack if ack::ack(acker, false).await => Settled::Acked,
         // The outcome is durable but the ack failed: the broker will redeliver.
         Verdict::Ack => Settled::GivenBack,
@@ -54,17 +63,12 @@ pub(crate) async fn settle_batch(
     ledger: &Ledger,
     deliveries: &[(u64, Acker)],
     dispositions: &[Disposition],
-    names: &QueueNames,
-    publisher: &Publisher,
+    outlets: Outlets<'_>,
     batch_slot: OwnedSemaphorePermit,
     mut settled: impl FnMut(usize, bool),
 ) {
-    let durability = futures::future::join_all(
-        dispositions
-            .iter()
-            .map(|d| make_durable(d, names, publisher)),
-    )
-    .await;
+    let durability =
+        futures::future::join_all(dispositions.iter().map(|d| make_durable(d, outlets))).await;
     drop(batch_slot);
     let (mut to_ack, mut to_give_back) = (Vec::with_capacity(deliveries.len()), Vec::new());
     for (i, durability) in durability.into_iter().enumerate() {
@@ -127,34 +131,38 @@ fn verdict(durability: Durability) -> Verdict {
     }
 }
 
-/// Makes a disposition's outcome durable before its ack: publishes the retry copy or the dead
-/// letter and waits for the broker's confirm. Processed and duplicate deliveries are durable
-/// already (committed).
-async fn make_durable(
-    disposition: &Disposition,
-    names: &QueueNames,
-    publisher: &Publisher,
-) -> Durability {
+/// Makes a disposition's outcome durable before its ack: publishes the retry copy (to the delay
+/// queue of its level under `retry`, its delay as the TTL) or the dead letter and waits for the
+/// broker's confirm. Processed and duplicate deliveries are durable already (committed).
+async fn make_durable(disposition: &Disposition, outlets: Outlets<'_>) -> Durability {
+    let Outlets {
+        names,
+        retry,
+        publisher,
+    } = outlets;
     let published = match disposition {
         Disposition::Processed | Disposition::Duplicate => return Durability::Durable,
         Disposition::Retry {
             message,
-            level,
             delay,
             failures,
             span,
             ..
         } => {
-            let queue = names.delay(*level);
+            let queue = names.delay(delay::level(retry, *failures));
             tracing::info!(
                 failures,
                 delay_ms = delay.as_millis() as u64,
                 queue,
                 "publishing retry copy"
             );
-            // Boxed: the publish future is large and rare, and every delivery in flight would
-            // otherwise carry room for it.
-            Box::pin(publish_in(span, publisher, &queue, message)).await
+            // Boxed: the publish future (with the copy carrying its TTL) is large and rare, and
+            // every delivery in flight would otherwise carry room for it.
+            Box::pin(async {
+                let copy = delay::with_ttl(message, *delay);
+                publish_in(span, publisher, &queue, &copy).await
+            })
+            .await
         }
         Disposition::DeadLetter { message, span, .. } => {
             Box::pin(publish_in(span, publisher, &names.dlq, message)).await
@@ -174,7 +182,7 @@ async fn publish_in(
     queue: &str,
     message: &OutboundMessage,
 ) -> Result<(), PublishError> {
-    span.record("messaging.rabbitmq.destination.routing_key", queue);
+    span.record(crate::spans::ROUTING_KEY, queue);
     let result = publisher
         .publish("", queue, message)
         .instrument(span.clone())

@@ -374,7 +374,7 @@ pub(crate) fn delay_levels(spec: &HandlerSpec) -> u32 {
     if spec.partition.is_some() {
         0
     } else {
-        spec.retry.level_count()
+        crate::delay::level_count(&spec.retry)
     }
 }
 

@@ -163,7 +163,7 @@ impl WorkerBuilder {
         }
 
         let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::new());
+        let health = Arc::new(Health::for_broker("RabbitMQ"));
         health.expect_consumers(specs.len());
         let endpoint = match config.metrics_addr {
             Some(addr) => Some(
@@ -204,6 +204,7 @@ impl WorkerBuilder {
             dedup: dedup.clone(),
             consumer: config.consumer.clone(),
             max_payload_bytes: config.max_payload_bytes,
+            spans: Arc::new(crate::spans::RabbitSpans),
             observer: Arc::new(Observers(
                 std::iter::once(Arc::clone(&metrics) as Arc<dyn Observer>)
                     .chain(self.observers)

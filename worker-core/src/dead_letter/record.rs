@@ -53,7 +53,7 @@ pub struct OriginalMessage {
     pub body: String,
     /// `utf8` or `base64`.
     pub body_encoding: BodyEncoding,
-    /// Every AMQP property the producer set, with typed headers: what a replay republishes.
+    /// Every message property the producer set, with typed headers: what a replay republishes.
     pub properties: Properties,
 }
 

@@ -1,5 +1,5 @@
-//! AMQP-style header tables, kept with their wire types so nothing is lost on the way to a
-//! dead-letter record and back.
+//! Message header tables, kept with their wire types (sized integers, decimals, timestamps,
+//! byte arrays, nested tables) so nothing is lost on the way to a dead-letter record and back.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 /// A header table: name to typed value, ordered by name.
 pub type Headers = BTreeMap<String, HeaderValue>;
 
-/// One header value with its AMQP field type.
+/// One header value with its wire type (the one-letter tags are the field-table type codes).
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeaderValue {
     /// `t`

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::headers::Headers;
 
-/// The AMQP basic properties of a message, kept as sent so a replay can republish them.
+/// The properties of a message, kept as sent so a replay can republish them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Properties {

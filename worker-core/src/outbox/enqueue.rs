@@ -41,9 +41,9 @@ pub struct Outbox {
 /// Why an event could not be written to the outbox.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    /// The event id or type cannot be carried by AMQP (`message_id` and the routing key are
-    /// short strings: 1 to 255 bytes).
-    #[error("outbox event {field} {value:?} is invalid: it must be 1 to 255 bytes (an AMQP short string)")]
+    /// The event id or type cannot be carried by the broker (`message_id` and the routing key
+    /// are short strings: 1 to 255 bytes).
+    #[error("outbox event {field} {value:?} is invalid: it must be 1 to 255 bytes (it travels as the message id or routing key, which are short strings)")]
     Invalid {
         /// `event_id` or `event_type`.
         field: &'static str,

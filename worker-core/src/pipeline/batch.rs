@@ -46,7 +46,7 @@ pub async fn process_batch<H: Handler>(
     let mut dispositions: Vec<Option<Disposition>> = vec![None; messages.len()];
     let mut members = Vec::with_capacity(messages.len());
     for (index, message) in messages.iter().enumerate() {
-        let (envelope, span) = open(spec, message);
+        let (envelope, span) = open(spec, runtime, message);
         match span.in_scope(|| prepare::<H>(spec, runtime, message, &envelope)) {
             Prepared::Settled(disposition) => {
                 dispositions[index] = Some(finish(&span, *disposition))

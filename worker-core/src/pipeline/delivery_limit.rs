@@ -1,136 +1,152 @@
 //! Crash loops: a message that kills the worker every time it is processed is never settled, so
-//! the broker redelivers it until its delivery limit (quorum `x-delivery-limit`) is exceeded and
-//! dead-letters it, raw, to the handler's delivery-limit queue. This step turns such a message into
-//! an ordinary dead-letter record (errorKind `poison`) saying why, with the broker's `x-death` data.
+//! the broker redelivers it until the work queue's delivery limit is exceeded and dead-letters it,
+//! raw, to the handler's delivery-limit queue. This step turns such a message into an ordinary
+//! dead-letter record (errorKind `poison`) saying why, from what the broker reported about the
+//! death (which the transport reads from its own bookkeeping).
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, Utc};
 
 use super::disposition::Disposition;
 use super::envelope::Envelope;
 use super::{failure, Runtime};
 use crate::handler::error::ErrorKind;
 use crate::handler::HandlerSpec;
-use crate::message::headers::{HeaderValue, Headers};
 use crate::message::inbound::InboundMessage;
-use crate::retry::attempts::BROKER_DEATH_HEADERS;
 
-/// What the broker's `x-death` header says about the delivery-limit death, if anything.
+/// What the broker reported about a message it dead-lettered past its delivery limit, in
+/// broker-neutral terms. Every field is optional: a broker may not report it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Death {
+pub struct DeliveryLimitDeath {
     /// The queue the message died in.
     pub queue: Option<String>,
-    /// The exchange it had been published to.
+    /// The exchange the producer had published it to.
     pub exchange: Option<String>,
-    /// The routing key it had been published with.
+    /// The routing key the producer had published it with.
     pub routing_key: Option<String>,
     /// How many times it died this way.
-    pub count: Option<i128>,
-    /// When (seconds since the epoch).
-    pub time: Option<u64>,
-    /// The broker's reason (`delivery_limit`).
+    pub count: Option<u64>,
+    /// When it died.
+    pub time: Option<DateTime<Utc>>,
+    /// The broker's reason, as the broker words it (such as `delivery_limit`).
     pub reason: Option<String>,
 }
 
-/// Reads the newest `x-death` entry.
-pub fn death(headers: &Headers) -> Death {
-    let Some(HeaderValue::Array(entries)) = headers.get("x-death") else {
-        return Death::default();
-    };
-    let Some(HeaderValue::Table(entry)) = entries.first() else {
-        return Death::default();
-    };
-    let text = |key: &str| {
-        entry
-            .get(key)
-            .and_then(HeaderValue::as_str)
-            .map(str::to_owned)
-    };
-    let routing_key = match entry.get("routing-keys") {
-        Some(HeaderValue::Array(keys)) => keys
-            .first()
-            .and_then(HeaderValue::as_str)
-            .map(str::to_owned),
-        _ => None,
-    };
-    let time = match entry.get("time") {
-        Some(HeaderValue::Timestamp(t)) => Some(*t),
-        _ => None,
-    };
-    Death {
-        queue: text("queue"),
-        exchange: text("exchange"),
-        routing_key,
-        count: entry.get("count").and_then(HeaderValue::as_i128),
-        time,
-        reason: text("reason"),
-    }
-}
-
 /// The dead-letter disposition for a message the broker dead-lettered after its delivery limit.
+///
+/// `message` is the delivery without the broker's bookkeeping of the death (the transport removes
+/// it: it is not part of what the producer sent); `death` is what that bookkeeping said. The
+/// producer's exchange and routing key are restored from `death` when it has them.
 pub fn delivery_limit_exceeded(
     spec: &HandlerSpec,
     runtime: &Runtime,
-    message: &InboundMessage,
+    mut message: InboundMessage,
+    death: &DeliveryLimitDeath,
 ) -> Disposition {
-    let death = death(&message.properties.headers);
-    let mut original = message.clone();
-    original
-        .properties
-        .headers
-        .retain(|name, _| !BROKER_DEATH_HEADERS.contains(&name.as_str()));
     if let (Some(exchange), Some(routing_key)) = (&death.exchange, &death.routing_key) {
-        original.exchange = exchange.clone();
-        original.routing_key = routing_key.clone();
+        message.exchange = exchange.clone();
+        message.routing_key = routing_key.clone();
     }
-    let when = death
-        .time
-        .and_then(|t| Utc.timestamp_opt(i64::try_from(t).ok()?, 0).single())
-        .map(|t| format!(" at {}", t.to_rfc3339()))
-        .unwrap_or_default();
-    let last_error = format!(
-        "delivery limit exceeded: the broker dead-lettered this message from queue `{}`{when} after it was delivered \
-         more times than the queue's x-delivery-limit without being settled; the worker crashed, was killed or lost its \
-         connection while processing it every time (x-death: reason={}, count={})",
-        death.queue.as_deref().unwrap_or("?"),
-        death.reason.as_deref().unwrap_or("?"),
-        death.count.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-    );
-    let envelope = Envelope::open(&original, spec.retry.max_attempts);
+    let envelope = Envelope::open(&message, spec.retry.max_attempts);
     failure::dead_letter(
         spec,
         runtime,
-        &original,
+        &message,
         &envelope,
-        &last_error,
+        &last_error(death),
         ErrorKind::Poison,
+    )
+}
+
+/// The record's `lastError`: what happened, and what it means for the worker.
+fn last_error(death: &DeliveryLimitDeath) -> String {
+    let when = death
+        .time
+        .map(|t| format!(" at {}", t.to_rfc3339()))
+        .unwrap_or_default();
+    format!(
+        "delivery limit exceeded: the broker dead-lettered this message from queue `{}`{when} after it was delivered \
+         more times than the queue's delivery limit without being settled; the worker crashed, was killed or lost its \
+         connection while processing it every time (reason={}, count={})",
+        death.queue.as_deref().unwrap_or("?"),
+        death.reason.as_deref().unwrap_or("?"),
+        death.count.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
     )
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
 
     #[test]
-    fn reads_the_newest_death() {
-        let mut entry = Headers::new();
-        entry.insert("queue".into(), HeaderValue::string("h"));
-        entry.insert("reason".into(), HeaderValue::string("delivery_limit"));
-        entry.insert("count".into(), HeaderValue::I64(1));
-        entry.insert("exchange".into(), HeaderValue::string("events"));
-        entry.insert(
-            "routing-keys".into(),
-            HeaderValue::Array(vec![HeaderValue::string("OrderPlaced")]),
+    fn the_last_error_says_where_when_and_why() {
+        let death = DeliveryLimitDeath {
+            queue: Some("h".into()),
+            reason: Some("delivery_limit".into()),
+            count: Some(1),
+            time: Utc.timestamp_opt(1_770_000_000, 0).single(),
+            ..DeliveryLimitDeath::default()
+        };
+        assert_eq!(
+            last_error(&death),
+            "delivery limit exceeded: the broker dead-lettered this message from queue `h` at \
+             2026-02-02T02:40:00+00:00 after it was delivered more times than the queue's delivery limit without \
+             being settled; the worker crashed, was killed or lost its connection while processing it every time \
+             (reason=delivery_limit, count=1)"
         );
-        entry.insert("time".into(), HeaderValue::Timestamp(1_770_000_000));
-        let mut headers = Headers::new();
-        headers.insert(
-            "x-death".into(),
-            HeaderValue::Array(vec![HeaderValue::Table(entry)]),
+        assert!(last_error(&DeliveryLimitDeath::default())
+            .contains("from queue `?` after it was delivered"));
+        assert!(last_error(&DeliveryLimitDeath::default()).ends_with("(reason=?, count=?)"));
+    }
+
+    #[tokio::test]
+    async fn the_record_is_poison_with_the_producers_routing() {
+        let runtime = Runtime {
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://unused.invalid/unused")
+                .expect("a lazy pool never connects here"),
+            dedup: crate::DedupStore::new(
+                crate::dedup::identifier::Identifier::new("public").expect("identifier"),
+            ),
+            consumer: "tests".into(),
+            observer: std::sync::Arc::new(crate::observer::NoopObserver),
+            max_payload_bytes: usize::MAX,
+            spans: std::sync::Arc::new(crate::transport::CoreSpans),
+        };
+        let spec = HandlerSpec::new("h", "OrderPlaced");
+        let mut message = InboundMessage {
+            exchange: String::new(),
+            routing_key: "h.delivery-limit".into(),
+            body: br#"{"orderId": "o1"}"#.to_vec(),
+            ..InboundMessage::default()
+        };
+        message.properties.message_id = Some("evt_1".into());
+        let death = DeliveryLimitDeath {
+            queue: Some("h".into()),
+            exchange: Some("events".into()),
+            routing_key: Some("OrderPlaced".into()),
+            count: Some(1),
+            reason: Some("delivery_limit".into()),
+            time: None,
+        };
+        let Disposition::DeadLetter {
+            record, message, ..
+        } = delivery_limit_exceeded(&spec, &runtime, message, &death)
+        else {
+            panic!("a delivery-limit death is dead-lettered");
+        };
+        let meta = &record.failure_metadata;
+        assert_eq!(meta.error_kind, ErrorKind::Poison);
+        assert_eq!(meta.attempts, 1);
+        assert_eq!(meta.last_error, last_error(&death));
+        let original = &record.original_message;
+        assert_eq!(original.id.as_deref(), Some("evt_1"));
+        assert_eq!(
+            (original.exchange.as_str(), original.routing_key.as_str()),
+            ("events", "OrderPlaced")
         );
-        let d = death(&headers);
-        assert_eq!(d.queue.as_deref(), Some("h"));
-        assert_eq!(d.routing_key.as_deref(), Some("OrderPlaced"));
-        assert_eq!((d.count, d.time), (Some(1), Some(1_770_000_000)));
-        assert_eq!(death(&Headers::new()), Death::default());
+        assert_eq!(original.kind, "OrderPlaced");
+        assert_eq!(message.properties.message_id.as_deref(), Some("evt_1"));
     }
 }

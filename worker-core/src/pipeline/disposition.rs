@@ -21,16 +21,16 @@ pub enum Disposition {
     Processed,
     /// The dedup row already existed: the handler did not run. Ack.
     Duplicate,
-    /// A retryable failure with attempts left: publish `message` to delay level `level` of this
-    /// handler (it carries its delay as the per-message TTL), wait for the confirm, then ack.
+    /// A retryable failure with attempts left: have the broker redeliver `message` to this
+    /// handler after `delay`, as attempt `failures + 1`; wait until the broker has it (confirmed),
+    /// then ack. How the broker holds the copy back is the transport's choice.
     Retry {
-        /// The retry copy.
+        /// The retry copy: the delivery with its attempt headers (count, first failure, last
+        /// error, the producer's routing, the trace).
         message: OutboundMessage,
-        /// The delay level (1-based), see [`crate::RetryPolicy::level`].
-        level: u32,
-        /// The delay the copy waits in the delay queue.
+        /// How long the copy waits before it is delivered again.
         delay: Duration,
-        /// Failed attempts so far, including this one.
+        /// Failed attempts so far, including this one: the copy is attempt `failures + 1`.
         failures: u32,
         /// The error of this attempt.
         error: String,

@@ -12,7 +12,7 @@ use crate::retry::attempts::{
 };
 use crate::trace_context::TraceContext;
 
-/// Longest accepted event id, in bytes (the AMQP short-string limit).
+/// Longest accepted event id, in bytes (`message_id` is a short string: at most 255 bytes).
 pub const MAX_EVENT_ID_BYTES: usize = 255;
 
 /// Why a delivery has no usable event id. The message is dead-lettered as poison.

@@ -1,4 +1,7 @@
 //! After a failure: a retry copy for the broker's delay path, or a dead-letter record.
+//!
+//! A retry says "redeliver this copy after `delay`, as attempt `failures + 1`"; how the broker
+//! holds it back (delay queues, TTLs) is the transport's business.
 
 use chrono::Utc;
 
@@ -16,6 +19,7 @@ use crate::retry::attempts::{
 };
 use crate::telemetry::propagation;
 use crate::trace_context::TRACEPARENT_HEADER;
+use crate::transport::{PublishKind, PublishSpan};
 
 /// Header on dead-letter messages: the handler that gave up.
 pub const DLQ_HANDLER_HEADER: &str = "x-worker-handler";
@@ -59,11 +63,12 @@ pub fn after_failure(
         failures,
         "retryable failure; scheduling a retry"
     );
-    retry(spec, message, envelope, failures, error.message())
+    retry(spec, runtime, message, envelope, failures, error.message())
 }
 
 fn retry(
     spec: &HandlerSpec,
+    runtime: &Runtime,
     message: &InboundMessage,
     envelope: &Envelope,
     failures: u32,
@@ -96,19 +101,17 @@ fn retry(
         ORIGINAL_ROUTING_KEY_HEADER.into(),
         HeaderValue::string(envelope.routing_key.clone()),
     );
-    let span = publish_span(spec, "retry");
+    let span = publish_span(spec, runtime, PublishKind::Retry);
     let traceparent = propagation::traceparent(&span, &envelope.trace.trace_id);
     headers.insert(
         WORKER_TRACEPARENT_HEADER.into(),
         HeaderValue::string(traceparent),
     );
-    properties.expiration = Some(delay.as_millis().max(1).to_string());
     Disposition::Retry {
         message: OutboundMessage {
             body: message.body.clone(),
             properties,
         },
-        level: spec.retry.level(failures),
         delay,
         failures,
         error: error.to_owned(),
@@ -117,19 +120,11 @@ fn retry(
 }
 
 /// The producer span of a retry copy or dead letter, a child of the delivery's process span.
-fn publish_span(spec: &HandlerSpec, destination: &str) -> tracing::Span {
-    tracing::info_span!(
-        "publish",
-        "otel.name" = %format_args!("publish {}.{destination}", spec.name),
-        "otel.kind" = "producer",
-        "otel.status_code" = tracing::field::Empty,
-        "messaging.system" = "rabbitmq",
-        "messaging.operation.name" = "publish",
-        "messaging.operation.type" = "send",
-        "messaging.destination.name" = "",
-        "messaging.rabbitmq.destination.routing_key" = tracing::field::Empty,
-        "worker.handler" = spec.name,
-    )
+fn publish_span(spec: &HandlerSpec, runtime: &Runtime, kind: PublishKind) -> tracing::Span {
+    runtime.spans.publish(&PublishSpan {
+        handler: spec.name,
+        kind,
+    })
 }
 
 /// Builds the dead-letter record of §5 and the message that carries it.
@@ -191,7 +186,7 @@ pub fn dead_letter(
         TRACE_ID_HEADER.into(),
         HeaderValue::string(envelope.trace.trace_id.clone()),
     );
-    let span = publish_span(spec, "dlq");
+    let span = publish_span(spec, runtime, PublishKind::DeadLetter);
     let traceparent = propagation::traceparent(&span, &envelope.trace.trace_id);
     properties
         .headers

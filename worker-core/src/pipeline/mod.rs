@@ -26,6 +26,7 @@ use crate::handler::{Handler, HandlerSpec};
 use crate::message::inbound::InboundMessage;
 use crate::observer::Observer;
 use crate::telemetry::propagation;
+use crate::transport::{self, ProcessSpan, Spans};
 use disposition::Disposition;
 use envelope::Envelope;
 
@@ -42,6 +43,8 @@ pub struct Runtime {
     pub observer: Arc<dyn Observer>,
     /// Bodies larger than this are dead-lettered as poison without being decoded.
     pub max_payload_bytes: usize,
+    /// The transport's spans (its attributes on the core's process and publish spans).
+    pub spans: Arc<dyn Spans>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -49,6 +52,7 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("dedup", &self.dedup)
             .field("consumer", &self.consumer)
+            .field("spans", &self.spans)
             .finish_non_exhaustive()
     }
 }
@@ -60,7 +64,7 @@ pub async fn process<H: Handler>(
     runtime: &Runtime,
     message: &InboundMessage,
 ) -> Disposition {
-    let (envelope, span) = open(spec, message);
+    let (envelope, span) = open(spec, runtime, message);
     let disposition = async {
         match prepare::<H>(spec, runtime, message, &envelope) {
             Prepared::Settled(disposition) => *disposition,
@@ -75,10 +79,25 @@ pub async fn process<H: Handler>(
     finish(&span, disposition)
 }
 
-/// Opens the envelope and the delivery's consumer span (its trace attached).
-pub(crate) fn open(spec: &HandlerSpec, message: &InboundMessage) -> (Envelope, tracing::Span) {
+/// Opens the envelope and the delivery's consumer span (built by the transport with the core's
+/// fields, see [`Spans`]; its trace attached).
+pub(crate) fn open(
+    spec: &HandlerSpec,
+    runtime: &Runtime,
+    message: &InboundMessage,
+) -> (Envelope, tracing::Span) {
     let mut envelope = Envelope::open(message, spec.retry.max_attempts);
-    let span = process_span(spec, message, &envelope);
+    let span = runtime.spans.process(&ProcessSpan {
+        handler: spec.name,
+        event_id: envelope.event_id.as_deref().unwrap_or(""),
+        event_type: &envelope.event_type,
+        attempt: envelope.retry.attempt(),
+        exchange: &envelope.exchange,
+        routing_key: &envelope.routing_key,
+        correlation_id: envelope.correlation_id.as_deref().unwrap_or(""),
+        body_size: message.body.len(),
+    });
+    transport::debug_check_process_span(&span);
     propagation::attach(&span, &mut envelope.trace);
     span.record("trace_id", envelope.trace.trace_id.as_str());
     (envelope, span)
@@ -91,39 +110,6 @@ pub(crate) fn finish(span: &tracing::Span, disposition: Disposition) -> Disposit
         span.record("otel.status_code", "error");
     }
     disposition
-}
-
-/// The consumer span of one delivery, named and attributed per the OpenTelemetry messaging
-/// semantic conventions; `handler`, `event_id` and `trace_id` are for log lines.
-fn process_span(
-    spec: &HandlerSpec,
-    message: &InboundMessage,
-    envelope: &Envelope,
-) -> tracing::Span {
-    let event_id = envelope.event_id.as_deref().unwrap_or("");
-    tracing::info_span!(
-        "process",
-        "otel.name" = %format_args!("process {}", spec.name),
-        "otel.kind" = "consumer",
-        "otel.status_code" = tracing::field::Empty,
-        "messaging.system" = "rabbitmq",
-        "messaging.operation.name" = "process",
-        "messaging.operation.type" = "process",
-        "messaging.destination.name" = %envelope.exchange,
-        "messaging.rabbitmq.destination.routing_key" = %envelope.routing_key,
-        "messaging.consumer.group.name" = spec.name,
-        "messaging.message.id" = event_id,
-        "messaging.message.conversation_id" = envelope.correlation_id.as_deref().unwrap_or(""),
-        "messaging.message.body.size" = message.body.len(),
-        "worker.handler" = spec.name,
-        "worker.attempt" = envelope.retry.attempt(),
-        "worker.outcome" = tracing::field::Empty,
-        handler = spec.name,
-        event_id,
-        event_type = %envelope.event_type,
-        attempt = envelope.retry.attempt(),
-        trace_id = tracing::field::Empty,
-    )
 }
 
 /// A delivery after the checks that need no database.

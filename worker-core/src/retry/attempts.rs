@@ -1,8 +1,10 @@
 //! The attempt count and first-failure time, carried in the message's own headers (DESIGN.md §3).
 //!
-//! Nothing about retries is kept in memory or read from the broker's `x-death`: a retry copy
-//! carries `x-worker-attempts` (failures so far) and `x-worker-first-failed-at`. Whatever a
-//! producer puts there is clamped, never trusted to skip work.
+//! Nothing about retries is kept in memory or read from the broker's own bookkeeping of
+//! dead-lettered messages: a retry copy carries `x-worker-attempts` (failures so far) and
+//! `x-worker-first-failed-at`. Whatever a producer puts there is clamped, never trusted to skip
+//! work. Headers the broker adds on the way through its delay path are the transport's to remove
+//! before the core sees the delivery.
 
 use chrono::{DateTime, Utc};
 
@@ -27,17 +29,6 @@ pub const WORKER_TRACEPARENT_HEADER: &str = "x-worker-traceparent";
 
 /// Prefix of every header the worker adds.
 pub const WORKER_HEADER_PREFIX: &str = "x-worker-";
-
-/// Headers RabbitMQ adds when our delay queues dead-letter a retry copy back to the work queue.
-pub(crate) const BROKER_DEATH_HEADERS: [&str; 7] = [
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-];
 
 /// Where a delivery stands in its retry schedule, read from its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,14 +76,12 @@ pub fn is_retry_copy(headers: &Headers) -> bool {
     headers.contains_key(ATTEMPTS_HEADER)
 }
 
-/// The headers as the producer sent them: without the worker's own `x-worker-*` headers, and,
-/// for a retry copy, without the `x-death` data the delay queue added.
+/// The headers as the producer sent them: without the worker's own `x-worker-*` headers. (What
+/// the broker added on the delay path the transport removed already.)
 pub fn original_headers(headers: &Headers) -> Headers {
-    let retry_copy = is_retry_copy(headers);
     headers
         .iter()
         .filter(|(name, _)| !name.starts_with(WORKER_HEADER_PREFIX))
-        .filter(|(name, _)| !(retry_copy && BROKER_DEATH_HEADERS.contains(&name.as_str())))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
@@ -154,18 +143,15 @@ mod tests {
     }
 
     #[test]
-    fn original_headers_drop_what_the_worker_and_delay_queue_added() {
+    fn original_headers_drop_what_the_worker_added() {
         let mut h = with_attempts(HeaderValue::I32(1));
-        h.insert("x-death".into(), HeaderValue::Array(vec![]));
+        h.insert(LAST_ERROR_HEADER.into(), HeaderValue::string("boom"));
         h.insert("tenant".into(), HeaderValue::string("acme"));
+        h.insert("x-producer-note".into(), HeaderValue::string("kept"));
         let original = original_headers(&h);
-        assert_eq!(original.keys().collect::<Vec<_>>(), vec!["tenant"]);
-
-        let mut first = Headers::new();
-        first.insert("x-death".into(), HeaderValue::Array(vec![]));
-        assert!(
-            original_headers(&first).contains_key("x-death"),
-            "a producer's own x-death is kept"
+        assert_eq!(
+            original.keys().collect::<Vec<_>>(),
+            vec!["tenant", "x-producer-note"]
         );
     }
 }

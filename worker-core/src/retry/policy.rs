@@ -59,26 +59,6 @@ impl RetryPolicy {
         self.base_delay(failures) + random_jitter(self.jitter)
     }
 
-    /// The delay level used for the `failures`-th failure: failures past the point where the
-    /// exponential part reaches the cap share the last level. Levels are 1-based.
-    ///
-    /// Every message in one level has a delay in `[base_delay(level), base_delay(level) + jitter]`,
-    /// so a FIFO delay queue per level holds a message back by at most the jitter.
-    pub fn level(&self, failures: u32) -> u32 {
-        failures.clamp(1, self.level_count())
-    }
-
-    /// How many delay levels this policy can use: the failures until the cap is reached, and never
-    /// more than `max_attempts - 1` (the last attempt is never followed by a retry).
-    pub fn level_count(&self) -> u32 {
-        let retries = self.max_attempts.saturating_sub(1).max(1);
-        let mut level = 1;
-        while level < retries && self.base_delay(level) < self.cap {
-            level += 1;
-        }
-        level
-    }
-
     /// The longest time from the first attempt to the last one (all delays at their maximum).
     pub fn horizon(&self) -> Duration {
         (1..self.max_attempts)
@@ -127,28 +107,6 @@ mod tests {
     fn huge_failure_counts_do_not_overflow() {
         let p = RetryPolicy::DEFAULT;
         assert_eq!(p.base_delay(u32::MAX), p.cap);
-    }
-
-    #[test]
-    fn levels_stop_at_the_cap_and_at_the_last_retry() {
-        let p = RetryPolicy {
-            max_attempts: 12,
-            ..RetryPolicy::DEFAULT
-        };
-        assert_eq!(p.level_count(), 9); // 200ms .. 25.6s, then 30s
-        assert_eq!(p.level(1), 1);
-        assert_eq!(p.level(9), 9);
-        assert_eq!(p.level(11), 9);
-        let p = RetryPolicy {
-            max_attempts: 3,
-            ..RetryPolicy::DEFAULT
-        };
-        assert_eq!(p.level_count(), 2);
-        let p = RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::DEFAULT
-        };
-        assert_eq!(p.level_count(), 1);
     }
 
     #[test]

@@ -8,18 +8,38 @@ use sqlx::PgPool;
 
 /// What readiness is made of. The transport updates the broker side; the database is checked on
 /// each `/readyz` request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
+    /// The broker's name in readiness messages.
+    broker: &'static str,
     broker_connected: AtomicBool,
     consuming: AtomicUsize,
     expected_consumers: AtomicUsize,
     pool: std::sync::OnceLock<PgPool>,
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Self::for_broker("the broker")
+    }
+}
+
 impl Health {
-    /// Nothing connected yet.
+    /// Nothing connected yet; readiness messages say "the broker".
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Nothing connected yet; readiness messages name the broker `broker` (such as "not
+    /// connected to <broker>"), so on-call sees which connection is down.
+    pub fn for_broker(broker: &'static str) -> Self {
+        Self {
+            broker,
+            broker_connected: AtomicBool::new(false),
+            consuming: AtomicUsize::new(0),
+            expected_consumers: AtomicUsize::new(0),
+            pool: std::sync::OnceLock::new(),
+        }
     }
 
     /// The database to check.
@@ -58,7 +78,7 @@ impl Health {
     /// `Ok` when ready, else why not.
     pub async fn readiness(&self) -> Result<(), String> {
         if !self.broker_connected.load(Ordering::SeqCst) {
-            return Err("not connected to RabbitMQ".into());
+            return Err(format!("not connected to {}", self.broker));
         }
         let (consuming, expected) = (
             self.consuming.load(Ordering::SeqCst),

@@ -8,7 +8,7 @@
 //! | `worker_in_flight_messages` | gauge | handler | deliveries being processed now |
 //! | `worker_redeliveries_total` | counter | handler | deliveries the broker flagged as redelivered |
 //! | `worker_queue_messages` | gauge | handler, queue | ready messages in the `work` queue, the `retry` delay queues, the `dlq` (polled) |
-//! | `worker_message_age_seconds` | histogram | handler | now − the message's AMQP `timestamp` when processing starts |
+//! | `worker_message_age_seconds` | histogram | handler | now − the message's `timestamp` property when processing starts |
 //! | `worker_batch_size` | histogram | handler | deliveries per committed dedup transaction: 1 without a backlog, up to `WORKER_BATCH_SIZE` with one |
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -138,7 +138,7 @@ impl Metrics {
         let message_age: HistogramFamily = Family::new_with_constructor(age_histogram);
         registry.register_with_unit(
             "message_age",
-            "Age of messages when processing starts (now - AMQP timestamp)",
+            "Age of messages when processing starts (now - the message's timestamp property)",
             Unit::Seconds,
             message_age.clone(),
         );

@@ -17,7 +17,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use super::Take;
-use crate::convert;
 use crate::error::WorkerError;
 use crate::ledger::Ledger;
 use crate::runner::Runner;
@@ -143,7 +142,7 @@ async fn handle(
     let mut messages = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         ackers.push((delivery.delivery_tag, delivery.acker.clone()));
-        messages.push(convert::inbound(delivery));
+        messages.push(super::work_message(delivery));
     }
     for message in &messages {
         runner.received(message);
@@ -167,8 +166,7 @@ async fn handle(
         &ledger,
         &ackers,
         &dispositions,
-        &runner.names,
-        &runner.publisher,
+        runner.outlets(),
         batch_slot,
         |i, acked| {
             let d = &dispositions[i];

@@ -28,6 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use worker_core::{HandlerSpec, InboundMessage, WorkerConfig};
 
 use crate::convert;
+use crate::deaths;
 use crate::error::WorkerError;
 use crate::runner::Runner;
 use crate::topology::{self, QueueNames};
@@ -204,6 +205,11 @@ trait Take: Send {
 
 /// A strategy that processes each delivery in a task of its own (single and partitioned).
 trait Each: Copy + Send + Sync + 'static {
+    /// The delivery as this strategy's pipeline sees it (see [`work_message`]).
+    fn message(self, delivery: Delivery) -> InboundMessage {
+        work_message(delivery)
+    }
+
     /// Decides and settles one delivery, received at `started`.
     fn process(
         self,
@@ -223,7 +229,7 @@ impl<S: Each> Take for S {
         _consumer: &mut lapin::Consumer,
     ) -> Option<Result<(), WorkerError>> {
         let acker = delivery.acker.clone();
-        let message = convert::inbound(delivery);
+        let message = self.message(delivery);
         // The task is `handle`'s own future (no wrapping block): an async fn keeps its arguments
         // for its whole life, so each should be stored once, and converted already.
         let task = handle(*self, Arc::clone(runner), message, acker, slot);
@@ -244,6 +250,14 @@ async fn handle<S: Each>(
     runner.received(&message);
     let started = Instant::now();
     strategy.process(&runner, &message, &acker, started).await;
+}
+
+/// A delivery of a work or partition queue as the pipeline sees it: converted, and without the
+/// delay queue's death headers a retry copy carries (see [`deaths::forget_delay`]).
+fn work_message(delivery: Delivery) -> InboundMessage {
+    let mut message = convert::inbound(delivery);
+    deaths::forget_delay(&mut message);
+    message
 }
 
 /// The consume loop: the next delivery, a free slot for it, then the strategy's turn.

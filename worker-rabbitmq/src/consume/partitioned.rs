@@ -203,13 +203,7 @@ async fn forward_replay(
                 exchange,
                 "forwarded a message of the work queue to its partition"
             );
-            settle::settle(
-                acker,
-                &Disposition::Processed,
-                &runner.names,
-                &runner.publisher,
-            )
-            .await
+            settle::settle(acker, &Disposition::Processed, runner.outlets()).await
         }
         Err(error) => {
             tracing::error!(%error, handler = runner.spec.name, "could not forward a message to its partition; giving it back");

@@ -4,11 +4,13 @@
 
 use std::time::Instant;
 
+use lapin::message::Delivery;
 use lapin::Acker;
-use worker_core::pipeline::delivery_limit;
 use worker_core::InboundMessage;
 
 use super::Each;
+use crate::convert;
+use crate::deaths;
 use crate::runner::Runner;
 
 /// What decides a single delivery.
@@ -22,6 +24,15 @@ pub(crate) enum Single {
 }
 
 impl Each for Single {
+    /// A work queue's delivery as usual; a delivery-limit queue's keeps its death headers, which
+    /// say why it died.
+    fn message(self, delivery: Delivery) -> InboundMessage {
+        match self {
+            Single::Pipeline => super::work_message(delivery),
+            Single::DeliveryLimit => convert::inbound(delivery),
+        }
+    }
+
     async fn process(
         self,
         runner: &Runner,
@@ -33,7 +44,7 @@ impl Each for Single {
             match self {
                 Single::Pipeline => runner.verdict(message).await,
                 Single::DeliveryLimit => {
-                    delivery_limit::delivery_limit_exceeded(&runner.spec, &runner.runtime, message)
+                    deaths::delivery_limit_disposition(&runner.spec, &runner.runtime, message)
                 }
             }
         };
