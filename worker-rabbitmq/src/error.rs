@@ -98,4 +98,12 @@ impl WorkerError {
         let action = action.into();
         move |source| WorkerError::Broker { action, source }
     }
+
+    /// `Ok` when `name` (the `what`, as an on-call engineer reads it) fits an AMQP short string
+    /// (255 bytes), [`WorkerError::NameTooLong`] otherwise: lapin panics on a longer one.
+    pub(crate) fn check_name(what: &str, name: &str) -> Result<(), WorkerError> {
+        crate::convert::short_string(name, || format!("the {what} `{name}`"))
+            .map(drop)
+            .map_err(WorkerError::NameTooLong)
+    }
 }

@@ -12,11 +12,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use lapin::options::BasicAckOptions;
 use lapin::Acker;
 use tokio::sync::{oneshot, Mutex};
 
-use crate::settle;
+use crate::ack;
 
 /// How long durable deliveries wait for older deliveries of the channel to settle, so that one
 /// `multiple` ack covers them all, before they are acked one by one.
@@ -128,7 +127,7 @@ impl State {
             return;
         };
         let multiple = covered.len() > 1;
-        let ok = ack_logged(&last.acker, BasicAckOptions { multiple }).await;
+        let ok = ack::ack(&last.acker, multiple).await;
         for (tag, waiting) in covered {
             self.resolve(waiting.batch, tag, ok);
         }
@@ -179,7 +178,7 @@ impl Ledger {
         if !on_time {
             // Older deliveries are still being processed: do not hold these acks any longer.
             for (tag, waiting) in state.book.take_where(|w| w.batch == batch) {
-                let ok = ack_logged(&waiting.acker, BasicAckOptions::default()).await;
+                let ok = ack::ack(&waiting.acker, false).await;
                 state.resolve(batch, tag, ok);
             }
         }
@@ -198,23 +197,8 @@ impl Ledger {
     pub(crate) async fn nack(&self, tag: u64, acker: &Acker) {
         let mut state = self.state.lock().await;
         state.book.given_back(tag);
-        settle::nack(acker).await;
+        ack::nack(acker).await;
         state.flush().await;
-    }
-}
-
-async fn ack_logged(acker: &Acker, options: BasicAckOptions) -> bool {
-    match acker.ack(options).await {
-        Ok(true) => true,
-        Ok(false) => {
-            tracing::warn!(multiple = options.multiple, "ack not sent after the outcome was durable (the channel is gone); the broker will redeliver");
-            false
-        }
-        Err(error) => {
-            // The outcome is durable but the broker will redeliver: dedup makes that harmless.
-            tracing::warn!(%error, multiple = options.multiple, "ack failed after the outcome was durable; the broker will redeliver");
-            false
-        }
     }
 }
 

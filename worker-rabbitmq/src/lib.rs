@@ -22,10 +22,10 @@
 //! }
 //! ```
 
-mod batch;
+mod ack;
 pub mod cli;
 mod connection;
-mod consumer;
+mod consume;
 mod convert;
 mod deaths;
 pub mod delay;
@@ -34,9 +34,9 @@ pub mod dlq;
 mod error;
 mod lag;
 mod ledger;
-mod partition;
 mod publisher;
 pub mod relay;
+mod runner;
 mod session;
 mod settle;
 mod spans;

@@ -42,7 +42,6 @@ use crate::connection::connect;
 use crate::error::WorkerError;
 use crate::publisher::{PublishError, Publisher};
 use crate::topology;
-use crate::WorkerBuilder;
 
 /// The outbox relay, on its own (outside a worker).
 #[derive(Debug)]
@@ -100,7 +99,7 @@ impl RelayBuilder {
     /// RabbitMQ (declaring the events exchange), then starts relaying.
     pub async fn start(self) -> Result<RunningRelay, WorkerError> {
         let config = self.config;
-        crate::worker::check_names(&config, &[])?;
+        topology::check_names(&config, &[])?;
         let database_error = |source| WorkerError::Database {
             url: redact_url(&config.database_url),
             source,
@@ -261,22 +260,6 @@ impl OutboxSink for RabbitSink {
                 Err(error) => Err(SinkError::Unavailable(error.to_string())),
             }
         })
-    }
-}
-
-/// The outbox relay of a worker (see [`crate::relay`]).
-impl WorkerBuilder {
-    /// Runs the outbox relay in this worker, with settings from the `WORKER_OUTBOX_*` variables
-    /// (`WORKER_OUTBOX=false` turns it off again, e.g. when relays run as their own processes).
-    pub fn outbox(mut self) -> Self {
-        self.outbox = Some(None);
-        self
-    }
-
-    /// Runs the outbox relay in this worker with these settings.
-    pub fn outbox_settings(mut self, settings: OutboxSettings) -> Self {
-        self.outbox = Some(Some(settings));
-        self
     }
 }
 

@@ -12,20 +12,20 @@ use std::time::Duration;
 
 use lapin::{Channel, Connection};
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
-use worker_core::config::QueueType;
 use worker_core::pipeline::Runtime;
 use worker_core::registry::ErasedHandler;
 use worker_core::telemetry::health::Health;
 use worker_core::telemetry::metrics::Metrics;
 use worker_core::{HandlerSpec, WorkerConfig};
 
-use crate::batch::Batching;
 use crate::connection::{connect, on_error};
-use crate::consumer::{HandlerRunner, Source, Stop};
+use crate::consume::{self, Plan, Source};
 use crate::error::WorkerError;
 use crate::lag::{self, Watched};
 use crate::publisher::Publisher;
+use crate::runner::{Runner, Stop};
 use crate::topology::{self, QueueNames};
 
 /// First pause before reconnecting; doubles up to [`MAX_RECONNECT_DELAY`], plus up to half again
@@ -80,76 +80,20 @@ impl Blueprint {
         self.health.set_broker_connected(true);
         let mut consumers = JoinSet::new();
         let mut watched = Vec::with_capacity(self.handlers.len());
-        for (handler, spec, names) in &self.handlers {
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(WorkerError::broker("open a consumer channel"))?;
-            let tag = format!(
-                "{}-{}-{}",
-                self.config.consumer,
-                spec.name,
-                std::process::id()
-            );
+        for handler in &self.handlers {
+            let (_, spec, names) = handler;
             watched.push(Watched {
                 handler: spec.name,
                 names: names.clone(),
                 delay_levels: topology::delay_levels(spec),
                 partitions: spec.partition.map_or(0, |p| p.partitions),
             });
-            let runner = Arc::new(HandlerRunner {
-                health: Arc::clone(&self.health),
-                handler: Arc::clone(handler),
-                spec: spec.clone(),
-                names: names.clone(),
-                runtime: self.runtime.clone(),
-                publisher: Arc::clone(&publisher),
-                batching: batching(&self.config, spec),
-            });
-            if self.config.queue_type == QueueType::Quorum && self.config.delivery_limit.is_some() {
-                let channel = connection
-                    .create_channel()
-                    .await
-                    .map_err(WorkerError::broker("open a consumer channel"))?;
-                let (runner, stop, tag) = (
-                    Arc::clone(&runner),
-                    self.stop.clone(),
-                    format!("{tag}-delivery-limit"),
-                );
-                consumers.spawn(async move {
-                    let result = runner
-                        .consume(channel.clone(), tag, stop, Source::DeliveryLimit)
-                        .await;
-                    (channel, result)
-                });
-            }
-            // A partitioned handler: one channel and consumer per partition queue; the broker
+            // A partitioned handler has one channel and consumer per partition queue; the broker
             // makes one consumer per queue active across all workers (single active consumer).
-            let partitions = spec.partition.map_or(0, |p| p.partitions);
-            for k in 0..partitions {
-                let channel = connection
-                    .create_channel()
-                    .await
-                    .map_err(WorkerError::broker("open a partition consumer channel"))?;
-                let (runner, stop, tag) = (
-                    Arc::clone(&runner),
-                    self.stop.clone(),
-                    format!("{tag}-p{k}"),
-                );
-                consumers.spawn(async move {
-                    let result = runner
-                        .consume(channel.clone(), tag, stop, Source::Partition(k))
-                        .await;
-                    (channel, result)
-                });
+            for source in Source::of(&self.config, spec) {
+                self.start_consumer(&connection, &publisher, handler, source, &mut consumers)
+                    .await?;
             }
-            let stop = self.stop.clone();
-            consumers.spawn(async move {
-                let result = runner
-                    .consume(channel.clone(), tag, stop, Source::Work)
-                    .await;
-                (channel, result)
-            });
         }
         let lag_poller = tokio::spawn(lag::poll_forever(
             Arc::clone(&connection),
@@ -162,6 +106,41 @@ impl Blueprint {
             consumers,
             lag_poller,
         })
+    }
+
+    /// Opens a channel and starts the consumer of `source` for `handler` on it.
+    async fn start_consumer(
+        &self,
+        connection: &Connection,
+        publisher: &Arc<Publisher>,
+        (handler, spec, names): &(Arc<dyn ErasedHandler>, HandlerSpec, QueueNames),
+        source: Source,
+        consumers: &mut JoinSet<(Channel, Result<(), WorkerError>)>,
+    ) -> Result<(), WorkerError> {
+        let plan = Plan::new(source, &self.config, spec, names);
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(WorkerError::broker(format!(
+                "open a consumer channel for `{}`",
+                plan.queue
+            )))?;
+        let runner = Arc::new(Runner {
+            handler: Arc::clone(handler),
+            spec: spec.clone(),
+            names: names.clone(),
+            runtime: self.runtime.clone(),
+            publisher: Arc::clone(publisher),
+            health: Arc::clone(&self.health),
+            stop: self.stop.clone(),
+            queue: plan.queue.clone(),
+            slots: Arc::new(Semaphore::new(plan.slots)),
+        });
+        consumers.spawn(async move {
+            let result = consume::consume(runner, channel.clone(), plan).await;
+            (channel, result)
+        });
+        Ok(())
     }
 
     async fn reconnect(&self) -> Option<Session> {
@@ -253,18 +232,5 @@ pub(crate) async fn supervise(blueprint: Blueprint, mut session: Session) -> Lef
                 }
             }
         }
-    }
-}
-
-/// Batches for dedup handlers that are not partitioned (a partition handles one event at a time).
-fn batching(config: &WorkerConfig, spec: &HandlerSpec) -> Batching {
-    let size = if spec.dedup && spec.partition.is_none() {
-        config.batch_size_for(spec.concurrency)
-    } else {
-        1
-    };
-    Batching {
-        size,
-        linger: config.batch_linger,
     }
 }

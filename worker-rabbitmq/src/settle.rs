@@ -1,21 +1,35 @@
 //! Carrying out a [`Disposition`]: ack only once the outcome is durable (DESIGN.md §3).
+//!
+//! [`make_durable`] publishes what the outcome needs (a retry copy, a dead letter) and waits for
+//! the broker's confirm; [`verdict`] is the one place that turns the result into "ack" or "give
+//! back" and logs why a delivery goes back. A single delivery is then acked on its own
+//! ([`settle`]), a batch through its channel's [`Ledger`] ([`settle_batch`]).
 
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use worker_core::{Disposition, OutboundMessage, RetryPolicy};
 
+use crate::ack;
 use crate::delay;
-use crate::publisher::PublishError;
-
-use crate::publisher::Publisher;
+use crate::ledger::Ledger;
+use crate::publisher::{PublishError, Publisher};
 use crate::topology::QueueNames;
 
 /// Pause before giving a delivery back, so a database outage or a broken publish does not turn
 /// into a hot redelivery loop.
 pub(crate) const GIVE_BACK_PAUSE: Duration = Duration::from_secs(1);
+
+/// Where a handler's outcomes go: its queues, its retry policy (which delay queue a retry copy
+/// takes) and the session's publisher.
+#[derive(Clone, Copy)]
+pub(crate) struct Outlets<'a> {
+    pub(crate) names: &'a QueueNames,
+    pub(crate) retry: &'a RetryPolicy,
+    pub(crate) publisher: &'a Publisher,
+}
 
 /// How a settlement ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,44 +41,63 @@ pub(crate) enum Settled {
     GivenBack,
 }
 
-/// Settles one delivery.
+/// Settles one delivery: makes its outcome durable, then acks it, or gives it back.
 pub(crate) async fn settle(
     acker: &Acker,
     disposition: &Disposition,
-    names: &QueueNames,
-    retry: &RetryPolicy,
-    publisher: &Publisher,
+    outlets: Outlets<'_>,
 ) -> Settled {
-    match make_durable(disposition, names, retry, publisher).await {
-        Durability::GiveBack(reason) => {
-            tracing::warn!(
-                reason,
-                "giving the delivery back without spending an attempt"
-            );
-            give_back(acker).await
+    match verdict(make_durable(disposition, outlets).await) {
+        Verdict::Ack if ack::ack(acker, false).await => Settled::Acked,
+        // The outcome is durable but the ack failed: the broker will redeliver.
+        Verdict::Ack => Settled::GivenBack,
+        Verdict::GiveBack => give_back(acker).await,
+    }
+}
+
+/// Settles a batch: makes every outcome durable, frees `batch_slot` (the transaction is over: the
+/// next batch may start while this one waits for its acks), acks the durable deliveries through
+/// `ledger` and, after [`GIVE_BACK_PAUSE`], gives back the others. `settled(i, acked)` is called
+/// for each delivery `i` once its ack or nack went out.
+pub(crate) async fn settle_batch(
+    ledger: &Ledger,
+    deliveries: &[(u64, Acker)],
+    dispositions: &[Disposition],
+    outlets: Outlets<'_>,
+    batch_slot: OwnedSemaphorePermit,
+    mut settled: impl FnMut(usize, bool),
+) {
+    let durability =
+        futures::future::join_all(dispositions.iter().map(|d| make_durable(d, outlets))).await;
+    drop(batch_slot);
+    let (mut to_ack, mut to_give_back) = (Vec::with_capacity(deliveries.len()), Vec::new());
+    for (i, durability) in durability.into_iter().enumerate() {
+        match verdict(durability) {
+            Verdict::Ack => to_ack.push(i),
+            Verdict::GiveBack => to_give_back.push(i),
         }
-        Durability::Durable => match acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Settled::Acked,
-            Ok(false) => {
-                tracing::warn!("ack not sent after the outcome was durable (the delivery's channel is gone); the broker will redeliver");
-                Settled::GivenBack
-            }
-            Err(error) => {
-                // The outcome is durable but the broker will redeliver: dedup makes that harmless.
-                tracing::warn!(%error, "ack failed after the outcome was durable; the broker will redeliver");
-                Settled::GivenBack
-            }
-        },
-        Durability::Failed(error) => {
-            tracing::error!(%error, "could not make the outcome durable; giving the delivery back");
-            give_back(acker).await
+    }
+    let acks: Vec<(u64, &Acker)> = to_ack
+        .iter()
+        .map(|&i| (deliveries[i].0, &deliveries[i].1))
+        .collect();
+    let acked = ledger.ack(&acks).await;
+    for (&i, acked) in to_ack.iter().zip(acked) {
+        settled(i, acked);
+    }
+    if !to_give_back.is_empty() {
+        // Not at once: a broken publish or database must not become a hot redelivery loop.
+        tokio::time::sleep(GIVE_BACK_PAUSE).await;
+        for &i in &to_give_back {
+            ledger.nack(deliveries[i].0, &deliveries[i].1).await;
+            settled(i, false);
         }
     }
 }
 
 /// Whether a delivery's outcome is durable, so that it may be acked.
 #[derive(Debug)]
-pub(crate) enum Durability {
+enum Durability {
     /// Committed, or its retry copy or dead letter confirmed: ack.
     Durable,
     /// Not the message's fault: give it back without acking.
@@ -73,15 +106,40 @@ pub(crate) enum Durability {
     Failed(PublishError),
 }
 
+/// What to do with a delivery once its outcome is (or could not be made) durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ack,
+    GiveBack,
+}
+
+/// The only place that decides between ack and give-back, and says why a delivery goes back.
+fn verdict(durability: Durability) -> Verdict {
+    match durability {
+        Durability::Durable => Verdict::Ack,
+        Durability::GiveBack(reason) => {
+            tracing::warn!(
+                reason,
+                "giving the delivery back without spending an attempt"
+            );
+            Verdict::GiveBack
+        }
+        Durability::Failed(error) => {
+            tracing::error!(%error, "could not make the outcome durable; giving the delivery back");
+            Verdict::GiveBack
+        }
+    }
+}
+
 /// Makes a disposition's outcome durable before its ack: publishes the retry copy (to the delay
 /// queue of its level under `retry`, its delay as the TTL) or the dead letter and waits for the
 /// broker's confirm. Processed and duplicate deliveries are durable already (committed).
-pub(crate) async fn make_durable(
-    disposition: &Disposition,
-    names: &QueueNames,
-    retry: &RetryPolicy,
-    publisher: &Publisher,
-) -> Durability {
+async fn make_durable(disposition: &Disposition, outlets: Outlets<'_>) -> Durability {
+    let Outlets {
+        names,
+        retry,
+        publisher,
+    } = outlets;
     let published = match disposition {
         Disposition::Processed | Disposition::Duplicate => return Durability::Durable,
         Disposition::Retry {
@@ -135,29 +193,10 @@ async fn publish_in(
     result
 }
 
-/// Nacks with requeue after a short pause. If the nack fails the channel is gone, and the broker
-/// requeues the delivery itself.
+/// Nacks with requeue after [`GIVE_BACK_PAUSE`]. If the nack fails the channel is gone, and the
+/// broker requeues the delivery itself.
 pub(crate) async fn give_back(acker: &Acker) -> Settled {
     tokio::time::sleep(GIVE_BACK_PAUSE).await;
-    nack(acker).await;
+    ack::nack(acker).await;
     Settled::GivenBack
-}
-
-/// Nacks with requeue now.
-pub(crate) async fn nack(acker: &Acker) {
-    match acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            "nack not sent (the delivery's channel is gone); the broker requeues the delivery"
-        ),
-        Err(error) => {
-            tracing::warn!(%error, "nack failed; the broker requeues the delivery when the channel closes")
-        }
-    }
 }

@@ -11,12 +11,28 @@
 //!   whatever the work queue type: a classic queue returns an unacked message to its original
 //!   position and keeps no delivery counter, so the `dlq` commands can read it without reordering
 //!   entries or pushing them over a delivery limit (a quorum queue counts every read in
-//!   `x-delivery-count`; see `docs/decisions.md`).
+//!   `x-delivery-count`; see `docs/decisions.md`);
+//! - `h.delivery-limit` (quorum work queues with a delivery limit): where the broker dead-letters a
+//!   message redelivered past the limit; the worker turns each into a record in `h.dlq`.
+//!
+//! A partitioned handler `h` instead has no delay queues (it retries in place) and:
+//! - `h.partition`: an `x-consistent-hash` exchange (plugin `rabbitmq_consistent_hash_exchange`)
+//!   hashing the `x-partition-key` header, bound to the events exchange with the event type;
+//! - `h.p0` … `h.p<n-1>`: the partition queues (work-queue type and delivery limit, plus
+//!   `x-single-active-consumer`), each bound to `h.partition` with weight `1`;
+//! - `h`: not bound to the events exchange; it receives replays (`dlq replay`), which the worker
+//!   forwards to `h.partition` so they join their entity's partition.
+//!
+//! See `docs/decisions.md`, "Partitioned handlers", for the routing contract and the trade-offs.
+//! Every name and every declaration of the worker's topology is in this file.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use worker_core::config::QueueType;
+use worker_core::partition::{Partitioning, PARTITION_KEY_HEADER};
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use crate::error::WorkerError;
@@ -50,7 +66,20 @@ impl QueueNames {
     pub fn delay(&self, level: u32) -> String {
         format!("{}{level}", self.delay_prefix)
     }
+
+    /// The consistent-hash exchange of a partitioned handler.
+    pub fn partition_exchange(&self) -> String {
+        format!("{}.partition", self.work)
+    }
+
+    /// Partition queue `k` (0-based) of a partitioned handler.
+    pub fn partition(&self, k: u16) -> String {
+        format!("{}.p{k}", self.work)
+    }
 }
+
+/// The exchange type of the consistent-hash plugin.
+const PARTITION_EXCHANGE_TYPE: &str = "x-consistent-hash";
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
@@ -59,7 +88,7 @@ fn text(value: &str) -> AMQPValue {
 /// The work queue's arguments: its type and, for quorum queues with a delivery limit, where the
 /// broker dead-letters a message redelivered past the limit (a crash loop). At-least-once
 /// dead-lettering keeps the message until the delivery-limit queue has it.
-pub(crate) fn work_queue_args(config: &WorkerConfig, names: &QueueNames) -> FieldTable {
+fn work_queue_args(config: &WorkerConfig, names: &QueueNames) -> FieldTable {
     let mut args = queue_type_args(config.queue_type);
     if let (QueueType::Quorum, Some(limit)) = (config.queue_type, config.delivery_limit) {
         args.insert(
@@ -123,7 +152,7 @@ pub async fn declare_handler(
         durable: true,
         ..Default::default()
     };
-    if config.queue_type == QueueType::Quorum && config.delivery_limit.is_some() {
+    if has_delivery_limit_queue(config) {
         channel
             .queue_declare(
                 names.delivery_limit.as_str().into(),
@@ -151,7 +180,7 @@ pub async fn declare_handler(
         )))?;
     if let Some(partitioning) = &spec.partition {
         // Partitioned: events reach the partition queues; `h` only takes replays.
-        crate::partition::declare(channel, config, spec, partitioning, &names).await?;
+        declare_partitions(channel, config, spec, partitioning, &names).await?;
     } else {
         channel
             .queue_bind(
@@ -210,6 +239,136 @@ pub async fn declare_handler(
     Ok(names)
 }
 
+/// Declares the hash exchange and the partition queues of `spec`, and makes sure the plain work
+/// queue `h` is not bound to the events exchange (it only takes replays). Idempotent.
+async fn declare_partitions(
+    channel: &Channel,
+    config: &WorkerConfig,
+    spec: &HandlerSpec,
+    partitioning: &Partitioning,
+    names: &QueueNames,
+) -> Result<(), WorkerError> {
+    let exchange = names.partition_exchange();
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("hash-header"), text(PARTITION_KEY_HEADER));
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Custom(PARTITION_EXCHANGE_TYPE.into()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map_err(|source| declare_error(&exchange, spec.name, source))?;
+    channel
+        .exchange_bind(
+            exchange.as_str().into(),
+            config.exchange.as_str().into(),
+            spec.event_type.into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(WorkerError::broker(format!(
+            "bind `{exchange}` to `{}` with `{}`",
+            config.exchange, spec.event_type
+        )))?;
+    for k in 0..partitioning.partitions {
+        let queue = names.partition(k);
+        let mut args = work_queue_args(config, names);
+        args.insert(
+            ShortString::from("x-single-active-consumer"),
+            AMQPValue::Boolean(true),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), durable, args)
+            .await
+            .map_err(WorkerError::broker(format!(
+                "declare partition queue `{queue}`"
+            )))?;
+        // The routing key of a consistent-hash binding is the queue's weight on the ring.
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "1".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(WorkerError::broker(format!(
+                "bind `{queue}` to `{exchange}`"
+            )))?;
+    }
+    // A handler that was not partitioned before has its work queue bound to the events exchange;
+    // that binding would bypass the partitions. Unbinding a missing binding is a no-op.
+    channel
+        .queue_unbind(
+            names.work.as_str().into(),
+            config.exchange.as_str().into(),
+            spec.event_type.into(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(WorkerError::broker(format!(
+            "unbind `{}` from `{}`",
+            names.work, config.exchange
+        )))?;
+    Ok(())
+}
+
+/// Why declaring the hash exchange failed. Without the plugin the broker closes the connection
+/// with `COMMAND_INVALID - unknown exchange type 'x-consistent-hash'` (`invalid exchange type`
+/// once the plugin was loaded and disabled again): that gets its own error naming the fix.
+fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerError {
+    if source.to_string().contains("exchange type") {
+        WorkerError::ConsistentHashPluginMissing {
+            exchange: exchange.to_owned(),
+            handler: handler.to_owned(),
+            source: Box::new(source),
+        }
+    } else {
+        WorkerError::broker(format!("declare consistent-hash exchange `{exchange}`"))(source)
+    }
+}
+
+/// Checks that every name of the topology fits an AMQP short string (255 bytes): the exchange and
+/// each handler's queues, hash exchange and binding key. lapin panics on a longer one, so a long
+/// prefix fails at start, before connecting.
+pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
+    let fits = WorkerError::check_name;
+    fits("exchange", &config.exchange)?;
+    for spec in specs {
+        let names = QueueNames::new(config, spec.name);
+        fits("event type (binding key)", spec.event_type)?;
+        fits("work queue", &names.work)?;
+        fits("dead-letter queue", &names.dlq)?;
+        fits("delivery-limit queue", &names.delivery_limit)?;
+        let levels = delay_levels(spec);
+        if levels > 0 {
+            fits("delay queue", &names.delay(levels))?;
+        }
+        if let Some(partitioning) = spec.partition {
+            fits("partition exchange", &names.partition_exchange())?;
+            let last = partitioning.partitions.saturating_sub(1);
+            fits("partition queue", &names.partition(last))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether each handler has a delivery-limit queue: only a quorum work queue counts deliveries.
+pub(crate) fn has_delivery_limit_queue(config: &WorkerConfig) -> bool {
+    config.queue_type == QueueType::Quorum && config.delivery_limit.is_some()
+}
+
 /// How many delay queues a handler has: none for a partitioned handler, which retries in place.
 pub(crate) fn delay_levels(spec: &HandlerSpec) -> u32 {
     if spec.partition.is_some() {
@@ -233,5 +392,34 @@ mod tests {
         assert_eq!(names.work, "t1.charge-on-order-placed");
         assert_eq!(names.dlq, "t1.charge-on-order-placed.dlq");
         assert_eq!(names.delay(3), "t1.charge-on-order-placed.retry.3");
+        assert_eq!(
+            names.partition_exchange(),
+            "t1.charge-on-order-placed.partition"
+        );
+        assert_eq!(names.partition(7), "t1.charge-on-order-placed.p7");
+    }
+
+    #[test]
+    fn a_missing_plugin_is_named_with_its_fix() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError};
+        let refused = lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
+            "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'".into(),
+        )));
+        let error = declare_error("ship-order.partition", "ship-order", refused).to_string();
+        assert!(
+            error.contains("rabbitmq-plugins enable rabbitmq_consistent_hash_exchange")
+                && error.contains("`ship-order`"),
+            "{error}"
+        );
+        let other = declare_error(
+            "ship-order.partition",
+            "ship-order",
+            lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Closed,
+                "test",
+            )),
+        );
+        assert!(matches!(other, WorkerError::Broker { .. }), "{other}");
     }
 }

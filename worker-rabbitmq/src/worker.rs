@@ -16,9 +16,9 @@ use worker_core::telemetry::metrics::Metrics;
 use worker_core::telemetry::server::{self, Endpoint};
 use worker_core::{DedupStore, Handler, HandlerSpec, Observer, Registry, WorkerConfig};
 
-use crate::consumer::Stop;
-use crate::convert::short_string;
+use crate::consume::{Plan, Source};
 use crate::error::WorkerError;
+use crate::runner::Stop;
 use crate::session::{self, Blueprint, Leftovers};
 use crate::topology::{self, QueueNames};
 
@@ -51,7 +51,7 @@ pub struct WorkerBuilder {
     observers: Vec<Arc<dyn Observer>>,
     demo: Option<crate::demo::DemoHook>,
     /// The outbox relay: `None` not asked for, `Some(None)` settings from the environment.
-    pub(crate) outbox: Option<Option<worker_core::outbox::OutboxSettings>>,
+    outbox: Option<Option<worker_core::outbox::OutboxSettings>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -86,6 +86,20 @@ impl WorkerBuilder {
     /// Adds hooks for telemetry or fault injection (called after the built-in metrics).
     pub fn observer(mut self, observer: impl Observer) -> Self {
         self.observers.push(Arc::new(observer));
+        self
+    }
+
+    /// Runs the outbox relay (see [`crate::relay`]) in this worker, with settings from the
+    /// `WORKER_OUTBOX_*` variables (`WORKER_OUTBOX=false` turns it off again, e.g. when relays
+    /// run as their own processes).
+    pub fn outbox(mut self) -> Self {
+        self.outbox = Some(None);
+        self
+    }
+
+    /// Runs the outbox relay in this worker with these settings.
+    pub fn outbox_settings(mut self, settings: worker_core::outbox::OutboxSettings) -> Self {
+        self.outbox = Some(Some(settings));
         self
     }
 
@@ -241,34 +255,16 @@ impl WorkerBuilder {
     }
 }
 
-/// Checks that every name the worker hands the broker fits an AMQP short string (255 bytes):
-/// the exchange, each handler's queues, hash exchange, binding key and consumer tags. lapin
-/// panics on a longer one, so a long prefix or consumer name fails here, before connecting.
+/// Checks that every name the worker hands the broker fits an AMQP short string (255 bytes): the
+/// topology's (see [`topology::check_names`]) and the session's consumer tags. lapin panics on a
+/// longer one, so a long prefix or consumer name fails here, before connecting.
 pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
-    let fits = |what: &str, name: &str| {
-        short_string(name, || format!("the {what} `{name}`"))
-            .map(drop)
-            .map_err(WorkerError::NameTooLong)
-    };
-    fits("exchange", &config.exchange)?;
+    topology::check_names(config, specs)?;
     for spec in specs {
         let names = QueueNames::new(config, spec.name);
-        fits("event type (binding key)", spec.event_type)?;
-        fits("work queue", &names.work)?;
-        fits("dead-letter queue", &names.dlq)?;
-        fits("delivery-limit queue", &names.delivery_limit)?;
-        let levels = topology::delay_levels(spec);
-        if levels > 0 {
-            fits("delay queue", &names.delay(levels))?;
-        }
-        // The session's consumer tags: the longest suffix is the delivery-limit consumer's.
-        let tag = format!("{}-{}-{}", config.consumer, spec.name, std::process::id());
-        fits("consumer tag", &format!("{tag}-delivery-limit"))?;
-        if let Some(partitioning) = spec.partition {
-            fits("partition exchange", &names.partition_exchange())?;
-            let last = partitioning.partitions.saturating_sub(1);
-            fits("partition queue", &names.partition(last))?;
-            fits("consumer tag", &format!("{tag}-p{last}"))?;
+        for source in Source::of(config, spec) {
+            let plan = Plan::new(source, config, spec, &names);
+            WorkerError::check_name("consumer tag", &plan.tag)?;
         }
     }
     Ok(())
@@ -343,12 +339,6 @@ pub struct RunningWorker {
     endpoint: Option<Endpoint>,
     health: Arc<Health>,
     shutdown_timeout: Duration,
-}
-
-impl std::fmt::Debug for Stop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stop").finish_non_exhaustive()
-    }
 }
 
 impl RunningWorker {
@@ -429,7 +419,7 @@ impl RunningWorker {
     }
 }
 
-/// The command line (see [`crate::cli`]).
+/// The demo burst (see [`crate::demo`]) and what the command line reads.
 impl WorkerBuilder {
     /// Registers the application's demo burst, published by the `demo` subcommand and by
     /// `run --demo` (see [`crate::demo`]).
@@ -445,31 +435,6 @@ impl WorkerBuilder {
     {
         self.demo = Some(Arc::new(demo));
         self
-    }
-
-    /// The worker binary's `main`: parses the command line and runs the subcommand — `run`
-    /// (the default: [`serve`](Self::serve)), `handlers`, `topology`, `dlq ...` or `demo`
-    /// (`--help` lists them). Returns the process exit code.
-    ///
-    /// ```no_run
-    /// # fn worker() -> worker_rabbitmq::WorkerBuilder { unimplemented!() }
-    /// #[tokio::main]
-    /// async fn main() -> std::process::ExitCode {
-    ///     worker().run().await
-    /// }
-    /// ```
-    pub async fn run(self) -> std::process::ExitCode {
-        crate::cli::main_process(self).await
-    }
-
-    /// Runs the subcommand given by `args` (the first is the program name, as in
-    /// `std::env::args`) and returns what it printed and its exit code instead of printing.
-    pub async fn run_with_args<I, T>(self, args: I) -> crate::cli::CliOutput
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        crate::cli::main(self, args, crate::cli::Console::capture()).await
     }
 
     pub(crate) fn cli_parts(

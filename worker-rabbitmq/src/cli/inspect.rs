@@ -159,7 +159,7 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
         .map(|s| {
             let names = QueueNames::new(&setup.config, s.name);
             let queue = match s.partition {
-                Some(p) => format!("{}.p0…p{}", names.work, p.partitions.saturating_sub(1)),
+                Some(p) => format!("{}…p{}", names.partition(0), p.partitions.saturating_sub(1)),
                 None => names.work,
             };
             vec![

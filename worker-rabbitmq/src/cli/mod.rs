@@ -181,6 +181,34 @@ async fn dispatch(
     }
 }
 
+/// The command line of a worker binary.
+impl WorkerBuilder {
+    /// The worker binary's `main`: parses the command line and runs the subcommand — `run`
+    /// (the default: [`serve`](Self::serve)), `handlers`, `topology`, `dlq ...` or `demo`
+    /// (`--help` lists them). Returns the process exit code.
+    ///
+    /// ```no_run
+    /// # fn worker() -> worker_rabbitmq::WorkerBuilder { unimplemented!() }
+    /// #[tokio::main]
+    /// async fn main() -> std::process::ExitCode {
+    ///     worker().run().await
+    /// }
+    /// ```
+    pub async fn run(self) -> std::process::ExitCode {
+        main_process(self).await
+    }
+
+    /// Runs the subcommand given by `args` (the first is the program name, as in
+    /// `std::env::args`) and returns what it printed and its exit code instead of printing.
+    pub async fn run_with_args<I, T>(self, args: I) -> CliOutput
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        main(self, args, Console::capture()).await
+    }
+}
+
 /// Runs the process's command line and prints to its stdout/stderr.
 pub(crate) async fn main_process(builder: WorkerBuilder) -> ExitCode {
     let output = main(builder, std::env::args_os(), Console::terminal()).await;

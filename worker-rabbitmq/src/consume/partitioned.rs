@@ -1,152 +1,59 @@
-//! Partitioned handlers on RabbitMQ: a consistent-hash exchange per handler feeding one
-//! single-active-consumer queue per partition, consumed one delivery at a time, with retries held
-//! in place so a failing event never lets a later event of its entity overtake it.
-//!
-//! Per partitioned handler `h` (names carry the queue prefix):
-//! - `h.partition`: an `x-consistent-hash` exchange (plugin `rabbitmq_consistent_hash_exchange`)
-//!   hashing the `x-partition-key` header, bound to the events exchange with the event type;
-//! - `h.p0` … `h.p<n-1>`: the partition queues (work-queue type and delivery limit, plus
-//!   `x-single-active-consumer`), each bound to `h.partition` with weight `1`;
-//! - `h`: not bound to the events exchange; it receives replays (`dlq replay`), which the worker
-//!   forwards to `h.partition` so they join their entity's partition.
+//! Partitioned handlers: a consistent-hash exchange per handler feeds one single-active-consumer
+//! queue per partition (declared in [`topology`](crate::topology)), consumed one delivery at a
+//! time, with retries held in place so a failing event never lets a later event of its entity
+//! overtake it. The handler's plain work queue `h` only receives replays (`dlq replay`), which are
+//! forwarded to the hash exchange so they join their entity's partition.
 //!
 //! See `docs/decisions.md`, "Partitioned handlers", for the routing contract and the trade-offs.
 
-use lapin::options::QueueDeclareOptions;
-use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use std::time::Instant;
+
 use lapin::Acker;
-use lapin::{Channel, ExchangeKind};
-use tokio_util::sync::CancellationToken;
-use worker_core::observer::Settlement;
-use worker_core::partition::{key_of, Partitioning, PARTITION_KEY_HEADER};
+use worker_core::partition::key_of;
 use worker_core::retry::attempts::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
-use worker_core::WorkerConfig;
-use worker_core::{
-    Disposition, HandlerSpec, HeaderValue, InboundMessage, OutboundMessage, Properties,
-};
+use worker_core::{Disposition, HeaderValue, InboundMessage, OutboundMessage, Properties};
 
-use crate::consumer::{HandlerRunner, Source};
-use crate::error::WorkerError;
+use super::Each;
+use crate::runner::Runner;
 use crate::settle::{self, Settled};
-use crate::topology::{self, QueueNames};
 
-/// The exchange type of the consistent-hash plugin.
-const PARTITION_EXCHANGE_TYPE: &str = "x-consistent-hash";
-
-impl QueueNames {
-    /// The consistent-hash exchange of a partitioned handler.
-    pub fn partition_exchange(&self) -> String {
-        format!("{}.partition", self.work)
-    }
-
-    /// Partition queue `k` (0-based) of a partitioned handler.
-    pub fn partition(&self, k: u16) -> String {
-        format!("{}.p{k}", self.work)
-    }
+/// Which queue of a partitioned handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Partitioned {
+    /// The plain work queue `h`: replays, forwarded to their partition (processed here only
+    /// without a valid partition key, which the pipeline dead-letters as poison).
+    Replays,
+    /// Partition queue `k`: one delivery in flight, retries in place.
+    Partition(u16),
 }
 
-/// Declares the hash exchange and the partition queues of `spec`, and makes sure the plain work
-/// queue `h` is not bound to the events exchange (it only takes replays). Idempotent.
-pub(crate) async fn declare(
-    channel: &Channel,
-    config: &WorkerConfig,
-    spec: &HandlerSpec,
-    partitioning: &Partitioning,
-    names: &QueueNames,
-) -> Result<(), WorkerError> {
-    let exchange = names.partition_exchange();
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("hash-header"), text(PARTITION_KEY_HEADER));
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Custom(PARTITION_EXCHANGE_TYPE.into()),
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .map_err(|source| declare_error(&exchange, spec.name, source))?;
-    channel
-        .exchange_bind(
-            exchange.as_str().into(),
-            config.exchange.as_str().into(),
-            spec.event_type.into(),
-            ExchangeBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(WorkerError::broker(format!(
-            "bind `{exchange}` to `{}` with `{}`",
-            config.exchange, spec.event_type
-        )))?;
-    for k in 0..partitioning.partitions {
-        let queue = names.partition(k);
-        let mut args = topology::work_queue_args(config, names);
-        args.insert(
-            ShortString::from("x-single-active-consumer"),
-            AMQPValue::Boolean(true),
-        );
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(queue.as_str().into(), durable, args)
-            .await
-            .map_err(WorkerError::broker(format!(
-                "declare partition queue `{queue}`"
-            )))?;
-        // The routing key of a consistent-hash binding is the queue's weight on the ring.
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "1".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(WorkerError::broker(format!(
-                "bind `{queue}` to `{exchange}`"
-            )))?;
-    }
-    // A handler that was not partitioned before has its work queue bound to the events exchange;
-    // that binding would bypass the partitions. Unbinding a missing binding is a no-op.
-    channel
-        .queue_unbind(
-            names.work.as_str().into(),
-            config.exchange.as_str().into(),
-            spec.event_type.into(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(WorkerError::broker(format!(
-            "unbind `{}` from `{}`",
-            names.work, config.exchange
-        )))?;
-    Ok(())
-}
-
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
-}
-
-/// Why declaring the hash exchange failed. Without the plugin the broker closes the connection
-/// with `COMMAND_INVALID - unknown exchange type 'x-consistent-hash'` (`invalid exchange type`
-/// once the plugin was loaded and disabled again): that gets its own error naming the fix.
-fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerError {
-    if source.to_string().contains("exchange type") {
-        WorkerError::ConsistentHashPluginMissing {
-            exchange: exchange.to_owned(),
-            handler: handler.to_owned(),
-            source: Box::new(source),
+impl Each for Partitioned {
+    async fn process(
+        self,
+        runner: &Runner,
+        message: &InboundMessage,
+        acker: &Acker,
+        started: Instant,
+    ) {
+        if self == Partitioned::Replays {
+            // Boxed, like the other rare paths below: every delivery in flight would otherwise
+            // carry room for their futures.
+            let forwarded = Box::pin(forward_replay(runner, acker, message));
+            if let Some(settled) = forwarded.await {
+                let acked = settled == Settled::Acked;
+                runner.settled(message, "forwarded", None, acked, started.elapsed());
+                return;
+            }
         }
-    } else {
-        WorkerError::broker(format!("declare consistent-hash exchange `{exchange}`"))(source)
+        let decide = || async {
+            match self {
+                Partitioned::Partition(k) => Box::pin(process_in_place(runner, message, k)).await,
+                Partitioned::Replays => runner.verdict(message).await,
+            }
+        };
+        runner
+            .decide_and_settle(message, acker, started, decide)
+            .await;
     }
 }
 
@@ -155,21 +62,18 @@ fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerE
 /// attempt, so no later event of the entity can overtake it. The attempt count travels in the
 /// same headers a broker-side retry copy would carry; the delivery stays unacked throughout, so a
 /// crash gives it back to the broker (and to the next active consumer) with its count reset.
-pub(crate) async fn process_in_place(
-    runner: &HandlerRunner,
+async fn process_in_place(
+    runner: &Runner,
     message: &InboundMessage,
     partition: u16,
-    consuming: &CancellationToken,
 ) -> Disposition {
     let restored = restore_producer_routing(message, &runner.names.partition_exchange());
     let message = restored.as_ref().unwrap_or(message);
     let mut attempt = None::<InboundMessage>;
     loop {
         let current = attempt.as_ref().unwrap_or(message);
-        let started = std::time::Instant::now();
-        let disposition = runner
-            .disposition(current, Source::Partition(partition))
-            .await;
+        let started = Instant::now();
+        let disposition = runner.verdict(current).await;
         let Disposition::Retry {
             message: copy,
             delay,
@@ -180,14 +84,7 @@ pub(crate) async fn process_in_place(
         else {
             return disposition;
         };
-        runner.runtime.observer.settled(&Settlement {
-            handler: runner.spec.name,
-            event_id: message.properties.message_id.as_deref(),
-            outcome: "retry",
-            error_kind: None,
-            acked: false,
-            duration: started.elapsed(),
-        });
+        runner.settled(message, "retry", None, false, started.elapsed());
         tracing::warn!(
             handler = runner.spec.name,
             event_id = message.properties.message_id,
@@ -199,7 +96,7 @@ pub(crate) async fn process_in_place(
         );
         tokio::select! {
             biased;
-            _ = consuming.cancelled() => {
+            _ = runner.stop.consuming.cancelled() => {
                 return Disposition::GiveBack {
                     reason: "shutdown while a partitioned delivery waited for its next attempt".into(),
                 };
@@ -269,14 +166,13 @@ fn restore_producer_routing(
 /// partition, acks once the broker confirmed the copy (gives it back otherwise) and returns how
 /// it was settled. `None` for every other delivery, which the pipeline processes as usual (one
 /// without a valid key is dead-lettered there as poison).
-pub(crate) async fn forward_replay(
-    runner: &HandlerRunner,
+async fn forward_replay(
+    runner: &Runner,
     acker: &Acker,
     message: &InboundMessage,
-    source: Source,
 ) -> Option<Settled> {
     let partitioning = runner.spec.partition.as_ref()?;
-    if source != Source::Work || key_of(partitioning, message).is_err() {
+    if key_of(partitioning, message).is_err() {
         return None;
     }
     // The copy keeps the producer's routing in the worker's headers (a replay has them already),
@@ -307,14 +203,7 @@ pub(crate) async fn forward_replay(
                 exchange,
                 "forwarded a message of the work queue to its partition"
             );
-            settle::settle(
-                acker,
-                &Disposition::Processed,
-                &runner.names,
-                &runner.spec.retry,
-                &runner.publisher,
-            )
-            .await
+            settle::settle(acker, &Disposition::Processed, runner.outlets()).await
         }
         Err(error) => {
             tracing::error!(%error, handler = runner.spec.name, "could not forward a message to its partition; giving it back");
@@ -326,42 +215,6 @@ pub(crate) async fn forward_replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use worker_core::HeaderValue;
-
-    #[test]
-    fn names() {
-        let config = WorkerConfig {
-            queue_prefix: "t1.".into(),
-            ..Default::default()
-        };
-        let names = QueueNames::new(&config, "ship");
-        assert_eq!(names.partition_exchange(), "t1.ship.partition");
-        assert_eq!(names.partition(7), "t1.ship.p7");
-    }
-
-    #[test]
-    fn a_missing_plugin_is_named_with_its_fix() {
-        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError};
-        let refused = lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
-            AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
-            "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'".into(),
-        )));
-        let error = declare_error("ship-order.partition", "ship-order", refused).to_string();
-        assert!(
-            error.contains("rabbitmq-plugins enable rabbitmq_consistent_hash_exchange")
-                && error.contains("`ship-order`"),
-            "{error}"
-        );
-        let other = declare_error(
-            "ship-order.partition",
-            "ship-order",
-            lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                lapin::ChannelState::Closed,
-                "test",
-            )),
-        );
-        assert!(matches!(other, WorkerError::Broker { .. }), "{other}");
-    }
 
     #[test]
     fn a_forwarded_replay_gets_its_producer_routing_back() {
