@@ -11,7 +11,7 @@
 //! | `WORKER_QUEUE_PREFIX` | empty | prepended to every queue name (isolates test runs) |
 //! | `WORKER_QUEUE_TYPE` | `quorum` | work queue type: `quorum` or `classic` |
 //! | `WORKER_DB_SCHEMA` | `public` | schema of `processed_events`, first on the `search_path` of handler connections |
-//! | `WORKER_MIGRATE` | `true` | create the dedup table at start-up |
+//! | `WORKER_MIGRATE` | `true` | bring the framework's tables up to date at start-up ([`crate::migrations`], recorded in `<schema>.worker_schema_migrations`), then run the application's migrations |
 //! | `WORKER_DEDUP_RETENTION` | `7d` | dedup rows older than this are pruned |
 //! | `WORKER_SHUTDOWN_TIMEOUT` | `30s` | how long in-flight deliveries may finish after a stop signal |
 //! | `WORKER_DB_POOL_SIZE` | `64` | most database connections; the pool is sized to what the handlers' concurrency needs (two per in-flight dedup delivery, one per other), up to this |
@@ -157,7 +157,7 @@ pub struct WorkerConfig {
     pub queue_type: QueueType,
     /// Schema of the dedup table.
     pub db_schema: Identifier,
-    /// Whether to run the embedded migrations at start-up.
+    /// Whether to run the framework's versioned migrations (and the application's) at start-up.
     pub migrate: bool,
     /// Age after which dedup rows are pruned.
     pub dedup_retention: Duration,
