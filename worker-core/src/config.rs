@@ -11,7 +11,7 @@
 //! | `WORKER_QUEUE_PREFIX` | empty | prepended to every queue name (isolates test runs) |
 //! | `WORKER_QUEUE_TYPE` | `quorum` | work queue type: `quorum` or `classic` |
 //! | `WORKER_DB_SCHEMA` | `public` | schema of `processed_events`, first on the `search_path` of handler connections |
-//! | `WORKER_MIGRATE` | `true` | create the dedup table at start-up |
+//! | `WORKER_MIGRATE` | `true` | bring the framework's tables up to date at start-up ([`crate::migrations`], recorded in `<schema>.worker_schema_migrations`), then run the application's migrations |
 //! | `WORKER_DEDUP_RETENTION` | `7d` | dedup rows older than this are pruned |
 //! | `WORKER_SHUTDOWN_TIMEOUT` | `30s` | how long in-flight deliveries may finish after a stop signal |
 //! | `WORKER_DB_POOL_SIZE` | `64` | most database connections; the pool is sized to what the handlers' concurrency needs (two per in-flight dedup delivery, one per other), up to this |
@@ -25,8 +25,11 @@
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
 //! | `WORKER_HANDLER_<NAME>_RETRY_ATTEMPTS` (`_BASE`, `_CAP`, `_JITTER`), `WORKER_HANDLER_<NAME>_CONCURRENCY` | | override one handler (`<NAME>`: the handler name upper-cased, `-` → `_`) |
 //!
-//! Durations are written `250ms`, `2s`, `5m`, `1h` or `7d`. Precedence, highest first: the
-//! handler's variables, the global variables, the `#[handler]` attribute, the defaults.
+//! Durations are a whole number and a unit, `ms`, `s`, `m`, `h` or `d` (`250ms`, `2s`, `5m`,
+//! `1h`, `7d`), or several such terms from the largest unit down (`1h30m`); no fractions, no
+//! spaces inside. It is the one grammar of the framework: `#[handler(cap = "1h")]` reads the same
+//! (see [`parse_duration`]). Precedence, highest first: the handler's variables, the global
+//! variables, the `#[handler]` attribute, the defaults.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -154,7 +157,7 @@ pub struct WorkerConfig {
     pub queue_type: QueueType,
     /// Schema of the dedup table.
     pub db_schema: Identifier,
-    /// Whether to run the embedded migrations at start-up.
+    /// Whether to run the framework's versioned migrations (and the application's) at start-up.
     pub migrate: bool,
     /// Age after which dedup rows are pruned.
     pub dedup_retention: Duration,
@@ -344,16 +347,22 @@ fn env_string(var: &str) -> Option<String> {
 }
 
 fn env_parse<T>(var: &str, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, ConfigError> {
-    match env_string(var) {
-        None => Ok(None),
-        Some(value) => parse(value.trim())
-            .map(Some)
-            .map_err(|reason| ConfigError::Invalid {
-                var: var.into(),
-                value,
-                reason,
-            }),
-    }
+    env_string(var)
+        .map(|value| parse_var(var, value, parse))
+        .transpose()
+}
+
+/// Parses the value of `var`; the error names the variable and its value.
+fn parse_var<T>(
+    var: &str,
+    value: String,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    parse(value.trim()).map_err(|reason| ConfigError::Invalid {
+        var: var.into(),
+        value,
+        reason,
+    })
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -410,27 +419,11 @@ fn parse_queue_type(value: &str) -> Result<QueueType, String> {
     }
 }
 
-/// Parses `250ms`, `2s`, `5m`, `1h`, `7d`.
+/// Parses a duration: `250ms`, `2s`, `5m`, `1h`, `7d`, `1h30m` (the grammar of
+/// [`worker_duration`], shared with the `#[handler]` attribute). The error says what is wrong and
+/// what to write; [`ConfigError::Invalid`] adds the variable and its value.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| "expected a duration such as 250ms, 2s, 5m, 1h or 7d".to_string())?;
-    let millis = match unit.trim() {
-        "ms" => Some(number),
-        "s" => number.checked_mul(1_000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        "d" => number.checked_mul(86_400_000),
-        _ => return Err("expected a duration with a unit: ms, s, m, h or d (e.g. 250ms)".into()),
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| "duration too large".into())
+    worker_duration::parse(value).map_err(|e| e.to_string())
 }
 
 /// The URL with its password replaced by `***`, for logs and errors.
@@ -464,8 +457,32 @@ mod tests {
         assert!(parse_heartbeat("0s").is_err());
         assert!(parse_heartbeat("1d").is_err());
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_variable_and_the_accepted_forms() {
+        let error = parse_var("WORKER_RETRY_CAP", "5 fortnights".into(), parse_duration)
+            .expect_err("not a duration");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "WORKER_RETRY_CAP=\"5 fortnights\" is invalid: unknown duration unit `fortnights`"
+            ),
+            "{message}"
+        );
+        for form in [
+            "`ms`, `s`, `m`, `h` or `d`",
+            "`250ms`",
+            "`1h`",
+            "`7d`",
+            "`1h30m`",
+        ] {
+            assert!(message.contains(form), "{message} lacks {form}");
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod dead_letter;
 pub mod dedup;
 pub mod handler;
 pub mod message;
+pub mod migrations;
 pub mod observer;
 pub mod outbox;
 pub mod partition;

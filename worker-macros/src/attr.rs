@@ -385,7 +385,7 @@ mod tests {
     fn all_keys() {
         let args = parse(
             r#"event = "OrderPlaced", dedup, retry = 12, name = "charge.v2", concurrency = 8,
-               base = 250ms, cap = "1m", jitter = 0s,"#,
+               base = 250ms, cap = "1h", jitter = 0s,"#,
         );
         assert!(args.errors.finish().is_ok());
         assert_eq!(args.event.as_deref(), Some("OrderPlaced"));
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(args.name.as_deref(), Some("charge.v2"));
         assert_eq!(args.concurrency, Some(8));
         assert_eq!(args.base.map(|b| b.value), Some(250));
-        assert_eq!(args.cap.map(|c| c.value), Some(60_000));
+        assert_eq!(args.cap.map(|c| c.value), Some(3_600_000));
         assert_eq!(args.jitter, Some(0));
     }
 
@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn every_mistake_is_reported() {
         let found =
-            errors(r#"event = "", retry = 0, retry = 3, foo = 1, bar, base = 0ms, jitter = 2h"#);
+            errors(r#"event = "", retry = 0, retry = 3, foo = 1, bar, base = 0ms, jitter = 2w"#);
         assert_eq!(
             found,
             [
@@ -421,7 +421,7 @@ mod tests {
                 "unknown `#[handler]` key `foo`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions",
                 "unknown `#[handler]` key `bar`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions",
                 "`base` must be greater than zero",
-                "`jitter`: unknown duration unit `h` in `2h`; use `ms`, `s` or `m`",
+                "`jitter`: unknown duration unit `w` in `2w`; write a whole number and a unit (`ms`, `s`, `m`, `h` or `d`), e.g. `250ms`, `2s`, `5m`, `1h` or `7d`, or several from the largest unit down, e.g. `1h30m`",
             ]
         );
         assert!(parse(r#"event = "", event = "X""#).has_event());

@@ -26,7 +26,10 @@ use proc_macro::TokenStream;
 /// - `name = "..."`: the handler's queue, dedup key and metric label; by default the function's
 ///   name with `_` turned into `-`. ASCII letters, digits, `-`, `_` and `.`, at most 200 bytes.
 /// - `concurrency = N`: deliveries in flight at once (default `DEFAULT_CONCURRENCY`).
-/// - `base`, `cap`, `jitter`: the backoff, as `250ms`, `2s`, `1m` or the same in a string.
+/// - `base`, `cap`, `jitter`: the backoff, as `250ms`, `2s`, `5m`, `1h`, `7d`, `1h30m` or the
+///   same in a string: a whole number and a unit (`ms`, `s`, `m`, `h` or `d`), several terms
+///   from the largest unit down. It is the grammar of the `WORKER_RETRY_*` variables too
+///   (the `worker-duration` crate); a value it rejects is an error at the literal.
 ///
 /// Parameters are told apart by their form: the event is taken by value, the context as
 /// `&Context`, the dedup transaction as `&mut PgConnection`; declare them in any order. The

@@ -177,16 +177,9 @@ impl WorkerBuilder {
         health.set_pool(pool.clone());
         let dedup = DedupStore::new(config.db_schema.clone());
         if config.migrate {
-            dedup
-                .migrate(&pool)
+            worker_core::migrations::run_framework(&pool, &config.db_schema)
                 .await
-                .map_err(|e| WorkerError::Migration(format!("dedup table: {e}")))?;
-            worker_core::outbox::migrate(&pool, &config.db_schema)
-                .await
-                .map_err(|e| WorkerError::Migration(format!("outbox table: {e}")))?;
-            worker_core::versioning::migrate(&pool, &config.db_schema)
-                .await
-                .map_err(|e| WorkerError::Migration(format!("entity_versions table: {e}")))?;
+                .map_err(|e| WorkerError::Migration(e.to_string()))?;
             if let Some(migrator) = &self.migrator {
                 migrator
                     .run(&pool)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use super::identifier::Identifier;
+use crate::migrations::MigrationError;
 
 /// The dedup table of one schema: `<schema>.processed_events`.
 #[derive(Debug, Clone)]
@@ -43,9 +44,12 @@ impl DedupStore {
         &self.schema
     }
 
-    /// Creates the schema and table if missing (the embedded migration).
-    pub async fn migrate(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        super::migrations::run(pool, &self.schema).await
+    /// Brings the schema and the table up to date (the dedup component of
+    /// [`crate::migrations`]).
+    pub async fn migrate(&self, pool: &PgPool) -> Result<(), MigrationError> {
+        crate::migrations::run(pool, &self.schema, &[&super::migrations::COMPONENT])
+            .await
+            .map(drop)
     }
 
     /// Claims `(handler, event_id)` in the caller's transaction. `true`: first time, go ahead;

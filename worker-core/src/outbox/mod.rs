@@ -23,8 +23,12 @@ pub use table::OutboxTable;
 use sqlx::PgPool;
 
 use crate::dedup::identifier::Identifier;
+use crate::migrations::MigrationError;
 
-/// Creates the outbox table in `schema` if missing (the embedded migration).
-pub async fn migrate(pool: &PgPool, schema: &Identifier) -> Result<(), sqlx::Error> {
-    migrations::run(pool, schema).await
+/// Brings the outbox table in `schema` up to date (the outbox component of
+/// [`crate::migrations`]).
+pub async fn migrate(pool: &PgPool, schema: &Identifier) -> Result<(), MigrationError> {
+    crate::migrations::run(pool, schema, &[&migrations::COMPONENT])
+        .await
+        .map(drop)
 }

@@ -1,5 +1,5 @@
-//! The `entity_versions` table's embedded migration (idempotent, under the start-up advisory
-//! lock):
+//! The `entity_versions` table's migrations, run by [`crate::migrations`] (versioned, under the
+//! schema's advisory lock):
 //!
 //! ```sql
 //! CREATE TABLE <schema>.entity_versions (
@@ -11,34 +11,21 @@
 //! );
 //! ```
 
-use sqlx::PgPool;
+use crate::migrations::{Component, Migration};
 
-use crate::dedup::identifier::Identifier;
-
-/// Advisory lock key shared by every worker's start-up migration (`"wkr-migr"` in ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x776b_722d_6d69_6772;
-
-/// Creates the schema and the `entity_versions` table if missing.
-pub async fn run(pool: &PgPool, schema: &Identifier) -> Result<(), sqlx::Error> {
-    let s = schema.quoted();
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(MIGRATION_LOCK_KEY)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!(
-        "CREATE TABLE IF NOT EXISTS {s}.entity_versions (
-            handler    TEXT        NOT NULL,
-            entity_id  TEXT        NOT NULL,
-            version    BIGINT      NOT NULL,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-            PRIMARY KEY (handler, entity_id)
-        )"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
-}
+/// The `entity_versions` table's versions. Version 1 is the DDL of the releases before
+/// versioned migrations, `IF NOT EXISTS` included, so their databases are adopted.
+pub const COMPONENT: Component = Component {
+    name: "versioning",
+    migrations: &[Migration {
+        version: 1,
+        description: "entity_versions table",
+        sql: "CREATE TABLE IF NOT EXISTS {schema}.entity_versions (
+                  handler    TEXT        NOT NULL,
+                  entity_id  TEXT        NOT NULL,
+                  version    BIGINT      NOT NULL,
+                  applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                  PRIMARY KEY (handler, entity_id)
+              );",
+    }],
+};

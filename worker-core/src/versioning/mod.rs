@@ -35,8 +35,12 @@ pub use freshness::{applied_version, apply_if_newer, Freshness};
 use sqlx::PgPool;
 
 use crate::dedup::identifier::Identifier;
+use crate::migrations::MigrationError;
 
-/// Creates the `entity_versions` table in `schema` if missing (the embedded migration).
-pub async fn migrate(pool: &PgPool, schema: &Identifier) -> Result<(), sqlx::Error> {
-    migrations::run(pool, schema).await
+/// Brings the `entity_versions` table in `schema` up to date (the versioning component of
+/// [`crate::migrations`]).
+pub async fn migrate(pool: &PgPool, schema: &Identifier) -> Result<(), MigrationError> {
+    crate::migrations::run(pool, schema, &[&migrations::COMPONENT])
+        .await
+        .map(drop)
 }
