@@ -30,8 +30,8 @@ impl Health {
         Self::default()
     }
 
-    /// Nothing connected yet; readiness messages name the broker `broker` (such as "not
-    /// connected to <broker>"), so on-call sees which connection is down.
+    /// Nothing connected yet; readiness messages name the broker (`for_broker("my-broker")` says
+    /// "not connected to my-broker"), so on-call sees which connection is down.
     pub fn for_broker(broker: &'static str) -> Self {
         Self {
             broker,
