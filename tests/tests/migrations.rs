@@ -383,3 +383,36 @@ async fn a_database_migrated_by_a_newer_worker_is_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_newer_component_stops_the_run_before_any_other_component_is_applied() {
+    let env = TestEnv::new().await;
+    // Only the outbox is migrated; the versioning component, last in FRAMEWORK, is recorded at a
+    // version this code does not know.
+    worker_core::outbox::migrate(&env.pool, &schema(&env))
+        .await
+        .expect("migrate the outbox alone");
+    let known = worker_core::versioning::migrations::COMPONENT.latest();
+    sqlx::query(&format!(
+        "INSERT INTO \"{}\".worker_schema_migrations (component, version, description) VALUES ('versioning', $1, 'from a newer release')",
+        env.id
+    ))
+    .bind(known + 1)
+    .execute(&env.pool)
+    .await
+    .expect("record a newer version");
+
+    let error = migrations::run_framework(&env.pool, &schema(&env))
+        .await
+        .expect_err("a newer database must be refused");
+    assert!(
+        matches!(
+            error,
+            MigrationError::NewerThanCode { component: "versioning", recorded, .. } if recorded == known + 1
+        ),
+        "{error:?}"
+    );
+    // dedup comes first in FRAMEWORK and was missing: it must not have been applied.
+    assert!(!table_exists(&env, "processed_events").await);
+    assert!(!table_exists(&env, "entity_versions").await);
+}
