@@ -71,7 +71,7 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn run_scenarios(args: &Args, namespace: &Namespace) -> Result<Vec<Row>, BoxError> {
-    let connection = connect(&namespace.config.amqp_url, "worker-bench-publisher").await?;
+    let connection = connect(&namespace.broker.url, "worker-bench-publisher").await?;
     let pool = namespace.pool(2).await?;
     let mut scenarios = args.scenarios.clone();
     scenarios.dedup();
@@ -79,7 +79,7 @@ async fn run_scenarios(args: &Args, namespace: &Namespace) -> Result<Vec<Row>, B
     for scenario in scenarios {
         let publisher = EventPublisher::new(
             &connection,
-            &namespace.config.exchange,
+            &namespace.broker.exchange,
             spec(scenario).event_type,
             args.payload_bytes,
         )

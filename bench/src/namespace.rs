@@ -14,6 +14,7 @@ use worker_core::config::HandlerOverrides;
 use worker_core::dedup::identifier::Identifier;
 use worker_core::{Handler, HandlerSpec, WorkerConfig};
 use worker_rabbitmq::topology::{self, QueueNames};
+use worker_rabbitmq::BrokerSettings;
 
 use crate::cli::{Args, Scenario};
 use crate::scenario::framework;
@@ -31,6 +32,8 @@ pub struct Namespace {
     pub id: String,
     /// The framework's configuration in this namespace.
     pub config: WorkerConfig,
+    /// The broker settings in this namespace: its exchange and queue prefix.
+    pub broker: BrokerSettings,
 }
 
 impl Namespace {
@@ -55,11 +58,14 @@ impl Namespace {
                 (spec(s).name.to_owned(), overrides)
             })
             .collect::<HashMap<_, _>>();
-        let config = WorkerConfig {
-            amqp_url: args.amqp_url.clone(),
-            database_url: args.database_url.clone(),
+        let broker = BrokerSettings {
+            url: args.amqp_url.clone(),
             exchange: format!("events.{id}"),
             queue_prefix: format!("{id}."),
+            ..BrokerSettings::default()
+        };
+        let config = WorkerConfig {
+            database_url: args.database_url.clone(),
             db_schema: Identifier::new(&id).expect("bench ids are identifiers"),
             consumer: "worker-bench".into(),
             metrics_addr: None,
@@ -68,12 +74,12 @@ impl Namespace {
             handlers,
             ..WorkerConfig::default()
         };
-        Self { id, config }
+        Self { id, config, broker }
     }
 
     /// The queues of `scenario`.
     pub fn names(&self, scenario: Scenario) -> QueueNames {
-        QueueNames::new(&self.config, spec(scenario).name)
+        QueueNames::new(&self.broker, spec(scenario).name)
     }
 
     /// A pool whose `search_path` is this namespace's schema.
@@ -106,11 +112,11 @@ impl Namespace {
             sqlx::query(&sql).execute(&admin).await?;
         }
         admin.close().await;
-        let connection = connect(&self.config.amqp_url, "worker-bench-setup").await?;
+        let connection = connect(&self.broker.url, "worker-bench-setup").await?;
         let channel = connection.create_channel().await?;
-        topology::declare_exchange(&channel, &self.config).await?;
+        topology::declare_exchange(&channel, &self.broker).await?;
         for scenario in [Scenario::A, Scenario::B, Scenario::C, Scenario::D] {
-            topology::declare_handler(&channel, &self.config, &spec(scenario)).await?;
+            topology::declare_handler(&channel, &self.broker, &spec(scenario)).await?;
         }
         let _ = connection.close(200, "declared".into()).await;
         Ok(())
@@ -132,11 +138,11 @@ impl Namespace {
 
     /// Deletes every queue, the exchange and the schema.
     pub async fn destroy(&self) -> Result<(), BoxError> {
-        let connection = connect(&self.config.amqp_url, "worker-bench-cleanup").await?;
+        let connection = connect(&self.broker.url, "worker-bench-cleanup").await?;
         let channel = connection.create_channel().await?;
         for scenario in [Scenario::A, Scenario::B, Scenario::C, Scenario::D] {
             let spec = spec(scenario);
-            let names = QueueNames::new(&self.config, spec.name);
+            let names = QueueNames::new(&self.broker, spec.name);
             let delays =
                 (1..=worker_rabbitmq::delay::level_count(&spec.retry)).map(|l| names.delay(l));
             for queue in [
@@ -154,7 +160,7 @@ impl Namespace {
         }
         channel
             .exchange_delete(
-                self.config.exchange.as_str().into(),
+                self.broker.exchange.as_str().into(),
                 ExchangeDeleteOptions::default(),
             )
             .await?;

@@ -20,9 +20,11 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use worker_core::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
+use worker_core::config::DEFAULT_DATABASE_URL;
 use worker_core::dedup::identifier::Identifier;
 use worker_core::{DeadLetterRecord, RetryOverrides, WorkerConfig};
+use worker_rabbitmq::settings::DEFAULT_AMQP_URL;
+use worker_rabbitmq::{BrokerSettings, Settings};
 
 /// Generous upper bound for anything a test waits for.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -52,6 +54,8 @@ pub struct TestEnv {
     pub id: String,
     /// The worker configuration for this namespace, with short retry delays.
     pub config: WorkerConfig,
+    /// The broker settings for this namespace: its exchange and queue prefix.
+    pub broker: BrokerSettings,
     /// A pool whose search_path is the test schema.
     pub pool: PgPool,
     /// Publishing and reading connection.
@@ -84,11 +88,14 @@ impl TestEnv {
             .connect_with(options.options([("search_path", search_path.as_str())]))
             .await
             .expect("connect test pool");
-        let config = WorkerConfig {
-            amqp_url: amqp_url(),
-            database_url: database_url(),
+        let broker = BrokerSettings {
+            url: amqp_url(),
             exchange: format!("events.{id}"),
             queue_prefix: format!("{id}."),
+            ..BrokerSettings::default()
+        };
+        let config = WorkerConfig {
+            database_url: database_url(),
             db_schema: Identifier::new(&id).expect("test ids are identifiers"),
             consumer: "worker-tests-0.1.0".into(),
             shutdown_timeout: Duration::from_secs(10),
@@ -112,6 +119,7 @@ impl TestEnv {
         Self {
             id,
             config,
+            broker,
             pool,
             connection,
             channel,
@@ -120,7 +128,16 @@ impl TestEnv {
 
     /// The work queue of `handler` in this namespace.
     pub fn queue(&self, handler: &str) -> String {
-        self.config.queue_name(handler)
+        self.broker.queue_name(handler)
+    }
+
+    /// The settings of a worker in this namespace: [`TestEnv::config`] and [`TestEnv::broker`].
+    pub fn settings(&self) -> Settings {
+        Settings {
+            worker: self.config.clone(),
+            broker: self.broker.clone(),
+            ..Settings::default()
+        }
     }
 
     /// Publishes like any producer would: to the exchange, routing key = event type, persistent,
@@ -129,7 +146,7 @@ impl TestEnv {
         let confirm = self
             .channel
             .basic_publish(
-                self.config.exchange.as_str().into(),
+                self.broker.exchange.as_str().into(),
                 routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
@@ -279,8 +296,8 @@ where
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let id = self.id.clone();
-        let prefix = self.config.queue_prefix.clone();
-        let exchange = self.config.exchange.clone();
+        let prefix = self.broker.queue_prefix.clone();
+        let exchange = self.broker.exchange.clone();
         // Runs on its own thread and runtime so cleanup also happens when a test panics.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -397,10 +414,10 @@ impl TestEnv {
     /// Environment variables that make a worker process use this namespace.
     pub fn worker_env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AMQP_URL", self.config.amqp_url.clone()),
+            ("AMQP_URL", self.broker.url.clone()),
             ("DATABASE_URL", self.config.database_url.clone()),
-            ("WORKER_EXCHANGE", self.config.exchange.clone()),
-            ("WORKER_QUEUE_PREFIX", self.config.queue_prefix.clone()),
+            ("WORKER_EXCHANGE", self.broker.exchange.clone()),
+            ("WORKER_QUEUE_PREFIX", self.broker.queue_prefix.clone()),
             ("WORKER_DB_SCHEMA", self.id.clone()),
             ("WORKER_CONSUMER", self.config.consumer.clone()),
             ("WORKER_RETRY_BASE", "100ms".into()),
@@ -409,7 +426,7 @@ impl TestEnv {
             ("WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
             (
                 "WORKER_DELIVERY_LIMIT",
-                self.config
+                self.broker
                     .delivery_limit
                     .map(|l| l.to_string())
                     .unwrap_or_else(|| "off".into()),

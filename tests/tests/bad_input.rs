@@ -21,7 +21,7 @@ async fn forged_counts_odd_header_types_and_huge_tables_are_survived() {
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();
@@ -156,14 +156,14 @@ async fn an_event_nobody_handles_is_returned_to_a_mandatory_publisher() {
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();
     let confirm = env
         .channel
         .basic_publish(
-            env.config.exchange.as_str().into(),
+            env.broker.exchange.as_str().into(),
             "NobodyHandlesThis".into(),
             lapin::options::BasicPublishOptions {
                 mandatory: true,
@@ -195,7 +195,7 @@ async fn a_payload_over_the_size_limit_is_dead_lettered_with_the_sizes() {
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

@@ -172,6 +172,7 @@ async fn a_backlog_is_processed_in_batches_with_failures_and_duplicates_inside()
             .handler(scripted)
             .migrations(TestEnv::migrator())
             .config(config.clone())
+            .broker(env.broker.clone())
     };
     // Declare the topology, then build a backlog while no worker consumes.
     builder().start().await.unwrap().shutdown().await.unwrap();
@@ -263,7 +264,7 @@ async fn a_crash_between_the_batch_commit_and_its_ack_is_deduplicated() {
         Worker::builder()
             .handler(scripted)
             .migrations(TestEnv::migrator())
-            .config(env.config.clone())
+            .settings(env.settings())
     };
     builder().start().await.unwrap().shutdown().await.unwrap();
     for i in 0..20 {

@@ -134,7 +134,7 @@ async fn exactly_once_effects_under_kills_connection_losses_and_backend_terminat
                 let confirm = env
                     .channel
                     .basic_publish(
-                        env.config.exchange.as_str().into(),
+                        env.broker.exchange.as_str().into(),
                         "Scripted".into(),
                         BasicPublishOptions::default(),
                         body.as_bytes(),

@@ -13,7 +13,7 @@ use worker_tests::{eventually, TestEnv};
 async fn cli(env: &TestEnv, args: &[&str]) -> CliOutput {
     let args = std::iter::once("order-worker").chain(args.iter().copied());
     order_worker::worker()
-        .config(env.config.clone())
+        .settings(env.settings())
         .run_with_args(args)
         .await
 }
@@ -36,7 +36,7 @@ async fn demo_outcomes_then_find_fix_and_replay() {
     worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let worker = order_worker::worker()
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .expect("worker starts");
@@ -161,7 +161,7 @@ async fn handlers_topology_help_and_exit_codes() {
         table.stdout
     );
 
-    let prefix = &env.config.queue_prefix;
+    let prefix = &env.broker.queue_prefix;
     let described = cli(&env, &["topology", "--json"]).await;
     assert_eq!(described.code, 0, "{}", described.stderr);
     let described = &json_lines(&described)[0];
@@ -175,7 +175,7 @@ async fn handlers_topology_help_and_exit_codes() {
     assert_eq!(exchange["hashHeader"], "x-partition-key");
     assert_eq!(
         exchange["boundTo"]["exchange"],
-        env.config.exchange.as_str()
+        env.broker.exchange.as_str()
     );
     assert_eq!(exchange["boundTo"]["routingKey"], "OrderPaid");
     let queues = described["queues"].as_array().expect("queues");
@@ -230,7 +230,7 @@ async fn handlers_topology_help_and_exit_codes() {
     ] {
         channel
             .queue_declare(
-                format!("{}{queue}", env.config.queue_prefix).into(),
+                format!("{}{queue}", env.broker.queue_prefix).into(),
                 passive,
                 FieldTable::default(),
             )
@@ -248,10 +248,10 @@ async fn handlers_topology_help_and_exit_codes() {
     assert!(help.stdout.contains("Examples:"), "{}", help.stdout);
     assert_eq!(cli(&env, &["dlq", "frobnicate"]).await.code, 2);
 
-    let mut unreachable = env.config.clone();
-    unreachable.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let mut unreachable = env.settings();
+    unreachable.broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
     let down = order_worker::worker()
-        .config(unreachable)
+        .settings(unreachable)
         .run_with_args(["order-worker", "dlq", "list"])
         .await;
     assert_eq!(down.code, 4, "{down:?}");

@@ -17,7 +17,7 @@ fn builder(env: &TestEnv) -> WorkerBuilder {
         .handler(scripted)
         .handler(scripted_plain)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
 }
 
 async fn cli(env: &TestEnv, args: &[&str]) -> CliOutput {
@@ -86,7 +86,7 @@ async fn dead_letters(env: &TestEnv) {
     // An old record, as an earlier incident would have left it.
     let mut old: DeadLetterRecord = serde_json::from_value(json!({
         "originalMessage": {"id": "evt_old", "type": "Scripted", "payload": {"poison": true},
-            "routingKey": "Scripted", "exchange": env.config.exchange, "headers": {},
+            "routingKey": "Scripted", "exchange": env.broker.exchange, "headers": {},
             "body": "{\"poison\": true}", "bodyEncoding": "utf8",
             "properties": {"messageId": "evt_old", "headers": {}}},
         "failureMetadata": {"attempts": 1, "firstFailedAt": "2026-01-01T00:00:00Z",

@@ -52,7 +52,7 @@ fn builder(env: &TestEnv) -> WorkerBuilder {
     Worker::builder()
         .handler(fixable)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
 }
 
 async fn cli(env: &TestEnv, args: &[&str]) -> CliOutput {

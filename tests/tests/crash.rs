@@ -41,7 +41,7 @@ async fn abort_between_commit_and_ack_is_deduplicated_on_redelivery() {
         .handler(scripted)
         .migrations(TestEnv::migrator())
         .observer(outcomes.clone())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

@@ -12,7 +12,7 @@ use worker_tests::{eventually, TestEnv, PATIENCE};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_crashes_the_worker_ends_in_the_dlq_with_the_reason() {
     let mut env = TestEnv::new().await;
-    env.config.delivery_limit = Some(2);
+    env.broker.delivery_limit = Some(2);
     let queue = env.queue("scripted");
     let dlq = format!("{queue}.dlq");
     let start = Instant::now();
@@ -76,7 +76,7 @@ async fn a_message_that_crashes_the_worker_ends_in_the_dlq_with_the_reason() {
     assert_eq!(meta.handler, "scripted");
     assert_eq!(record.original_message.id.as_deref(), Some("evt_crasher"));
     assert_eq!(record.original_message.routing_key, "Scripted");
-    assert_eq!(record.original_message.exchange, env.config.exchange);
+    assert_eq!(record.original_message.exchange, env.broker.exchange);
     assert!(
         !record
             .original_message

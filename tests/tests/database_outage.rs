@@ -17,7 +17,7 @@ async fn an_outage_pauses_processing_and_spends_no_attempts() {
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

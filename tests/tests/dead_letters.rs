@@ -13,7 +13,7 @@ async fn start(env: &TestEnv) -> worker_rabbitmq::RunningWorker {
     worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap()
@@ -48,7 +48,7 @@ async fn poison_is_dead_lettered_after_one_attempt_with_every_field() {
     assert_eq!(original.kind, "Scripted");
     assert_eq!(original.payload, json!({ "poison": true }));
     assert_eq!(original.routing_key, "Scripted");
-    assert_eq!(original.exchange, env.config.exchange);
+    assert_eq!(original.exchange, env.broker.exchange);
     assert_eq!(original.headers["traceparent"], traceparent);
     assert_eq!(meta.attempts, 1);
     assert_eq!(meta.error_kind, ErrorKind::Poison);
@@ -121,7 +121,7 @@ async fn exhausted_retries_are_dead_lettered_with_the_attempt_count_and_original
     // The producer's routing and headers survive the trips through the delay queues, without the
     // worker's bookkeeping or the broker's x-death.
     assert_eq!(record.original_message.routing_key, "Scripted");
-    assert_eq!(record.original_message.exchange, env.config.exchange);
+    assert_eq!(record.original_message.exchange, env.broker.exchange);
     let headers = &record.original_message.properties.headers;
     assert_eq!(
         headers.keys().collect::<Vec<_>>(),

@@ -11,7 +11,7 @@ async fn charges_once_per_event_receipts_per_delivery_and_dead_letters_bad_amoun
     worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let worker = order_worker::worker()
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .expect("worker starts");

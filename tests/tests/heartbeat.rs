@@ -19,12 +19,12 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 async fn a_silent_connection_is_noticed_by_the_heartbeat_and_replaced() {
     let mut env = TestEnv::new().await;
     let proxy = SilentProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5672))).await;
-    env.config.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    env.config.heartbeat = HEARTBEAT;
+    env.broker.url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    env.broker.heartbeat = HEARTBEAT;
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .expect("starts through the proxy");

@@ -369,7 +369,7 @@ async fn a_database_migrated_by_a_newer_worker_is_refused() {
     // The worker's start-up stops on it, before it touches the broker.
     let started = worker_rabbitmq::Worker::builder()
         .handler(scripted)
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await;
     match started {

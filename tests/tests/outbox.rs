@@ -38,14 +38,14 @@ async fn probe(env: &TestEnv, keys: &[&str]) -> String {
     };
     channel
         .exchange_declare(
-            env.config.exchange.as_str().into(),
+            env.broker.exchange.as_str().into(),
             ExchangeKind::Topic,
             durable,
             FieldTable::default(),
         )
         .await
         .expect("declare exchange");
-    let queue = format!("{}probe", env.config.queue_prefix);
+    let queue = format!("{}probe", env.broker.queue_prefix);
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -64,7 +64,7 @@ async fn bind(env: &TestEnv, queue: &str, key: &str) {
     env.channel
         .queue_bind(
             queue.into(),
-            env.config.exchange.as_str().into(),
+            env.broker.exchange.as_str().into(),
             key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -123,7 +123,7 @@ async fn unpublished(env: &TestEnv) -> i64 {
 async fn rolled_back_transaction_publishes_nothing_and_a_committed_one_is_published() {
     let env = TestEnv::new().await;
     let queue = probe(&env, &["Probe"]).await;
-    let relay = Relay::builder(env.config.clone())
+    let relay = Relay::builder(env.config.clone(), env.broker.clone())
         .settings(settings())
         .start()
         .await
@@ -195,12 +195,12 @@ async fn two_relays_publish_every_row_exactly_once_in_aggregate_order() {
     let env = TestEnv::new().await;
     let queue = probe(&env, &["Probe"]).await;
     migrate(&env).await;
-    let first = Relay::builder(env.config.clone())
+    let first = Relay::builder(env.config.clone(), env.broker.clone())
         .settings(settings())
         .start()
         .await
         .expect("relay 1 starts");
-    let second = Relay::builder(env.config.clone())
+    let second = Relay::builder(env.config.clone(), env.broker.clone())
         .settings(settings())
         .start()
         .await
@@ -269,7 +269,7 @@ async fn refused_publish_holds_back_later_events_of_its_aggregate_only() {
         OutboxEvent::new("Probe", "agg_y", json!({"n": 1})).event_id("evt_y1"),
     )
     .await;
-    let relay = Relay::builder(env.config.clone())
+    let relay = Relay::builder(env.config.clone(), env.broker.clone())
         .settings(settings())
         .start()
         .await
@@ -325,7 +325,7 @@ async fn relay_killed_between_confirm_and_mark_publishes_again_and_dedup_absorbs
         .handler(scripted)
         .migrations(TestEnv::migrator())
         .observer(outcomes.clone())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .expect("worker starts");
@@ -360,7 +360,7 @@ async fn relay_killed_between_confirm_and_mark_publishes_again_and_dedup_absorbs
         "the mark rolled back with the crash"
     );
 
-    let relay = Relay::builder(env.config.clone())
+    let relay = Relay::builder(env.config.clone(), env.broker.clone())
         .settings(settings())
         .start()
         .await
@@ -426,7 +426,7 @@ async fn charge_emits_order_paid_through_the_outbox_and_ship_order_consumes_it()
     worker_tests::ensure_consistent_hash_plugin();
     let env = TestEnv::new().await;
     let worker = order_worker::worker()
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .expect("worker starts");
@@ -537,7 +537,7 @@ async fn an_event_amqp_cannot_carry_is_refused_at_enqueue() {
 async fn notify_wakes_the_relay_without_waiting_for_a_poll() {
     let env = TestEnv::new().await;
     let queue = probe(&env, &["Probe"]).await;
-    let relay = Relay::builder(env.config.clone())
+    let relay = Relay::builder(env.config.clone(), env.broker.clone())
         .settings(OutboxSettings {
             // Never polls again within the test: only the trigger's NOTIFY can wake it.
             poll_interval: Duration::from_secs(3600),
@@ -607,7 +607,7 @@ async fn relayed_events_carry_the_partition_key_and_a_partitioned_handler_sees_e
     let worker = worker_rabbitmq::Worker::builder()
         .handler(worker_tests::partitioned::sequenced)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .outbox_settings(settings())
         .start()
         .await

@@ -259,7 +259,7 @@ fn in_process(env: &TestEnv) -> worker_rabbitmq::WorkerBuilder {
     worker_rabbitmq::Worker::builder()
         .handler(worker_tests::partitioned::sequenced)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
 }
 
 async fn cli(env: &TestEnv, args: &[&str]) -> worker_rabbitmq::cli::CliOutput {
@@ -318,7 +318,7 @@ async fn a_replayed_event_rejoins_its_partition_and_keeps_the_producers_routing(
     let first = shown(&env, "evt_r1").await;
     assert_eq!(
         first["originalMessage"]["exchange"],
-        env.config.exchange.as_str()
+        env.broker.exchange.as_str()
     );
     assert_eq!(first["originalMessage"]["routingKey"], "Sequenced");
 
@@ -339,7 +339,7 @@ async fn a_replayed_event_rejoins_its_partition_and_keeps_the_producers_routing(
     let original = &again["originalMessage"];
     assert_eq!(
         original["exchange"],
-        env.config.exchange.as_str(),
+        env.broker.exchange.as_str(),
         "the record names the producer's exchange, not the hash exchange: {again}"
     );
     assert_eq!(original["routingKey"], "Sequenced", "{again}");

@@ -16,7 +16,7 @@ async fn a_lost_connection_is_recovered_and_in_flight_work_is_deduplicated() {
         .handler(scripted_plain)
         .migrations(TestEnv::migrator())
         .observer(outcomes.clone())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

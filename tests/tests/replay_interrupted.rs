@@ -14,7 +14,7 @@ async fn a_replay_killed_half_way_loses_nothing() {
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

@@ -40,7 +40,7 @@ async fn fails_twice_then_succeeds_on_the_backoff_schedule_without_blocking_othe
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();
@@ -104,7 +104,7 @@ async fn a_panic_is_a_retryable_failure_and_the_worker_keeps_running() {
         .handler(scripted)
         .handler(scripted_plain)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();
@@ -152,7 +152,7 @@ async fn retry_policy_can_be_overridden_per_handler_by_configuration() {
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

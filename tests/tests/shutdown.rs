@@ -17,7 +17,7 @@ async fn shutdown_acks_only_what_finished_and_gives_back_the_rest() {
             .handler(scripted)
             .migrations(TestEnv::migrator())
             .observer(outcomes.clone())
-            .config(env.config.clone())
+            .settings(env.settings())
             .start()
     };
     let worker = start().await.unwrap();
@@ -136,7 +136,7 @@ async fn a_second_signal_forces_the_stop_without_acking_unfinished_work() {
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

@@ -55,7 +55,7 @@ async fn start(env: &TestEnv) -> worker_rabbitmq::RunningWorker {
     worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap()
@@ -95,7 +95,7 @@ async fn every_attempt_is_a_consumer_span_in_the_producers_trace() {
         assert_eq!(attrs["messaging.system"], "rabbitmq");
         assert_eq!(attrs["messaging.operation.name"], "process");
         assert_eq!(attrs["messaging.operation.type"], "process");
-        assert_eq!(attrs["messaging.destination.name"], env.config.exchange);
+        assert_eq!(attrs["messaging.destination.name"], env.broker.exchange);
         assert_eq!(
             attrs["messaging.rabbitmq.destination.routing_key"],
             "Scripted"

@@ -34,7 +34,7 @@ async fn start(env: &TestEnv) -> Result<worker_rabbitmq::RunningWorker, String> 
     worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .map_err(|error| error.to_string())
@@ -46,7 +46,7 @@ async fn the_worker_verifies_the_brokers_certificate_against_its_ca_file() {
     env.config.consumer = format!("worker-tests-{}", env.id);
     let pki = TestPki::generate(&env.id);
     let listener = BrokerTlsListener::start(&pki, ClientAuth::None);
-    env.config.amqp_url = format!("amqps://guest:guest@localhost:{}/%2f", listener.port);
+    env.broker.url = format!("amqps://guest:guest@localhost:{}/%2f", listener.port);
 
     // Without the CA the broker's certificate is not trusted: start-up fails with a clear,
     // redacted error.
@@ -62,16 +62,16 @@ async fn the_worker_verifies_the_brokers_certificate_against_its_ca_file() {
         "the password never appears: {error}"
     );
 
-    env.config.amqp_tls.ca_file = Some(pki.path("ca.pem"));
+    env.broker.tls.ca_file = Some(pki.path("ca.pem"));
     // A trusted certificate for another name is refused too: it names `localhost`, not the
     // address the URL uses.
-    let by_address = env.config.amqp_url.replace("@localhost:", "@127.0.0.1:");
-    let mut config = env.config.clone();
-    config.amqp_url = by_address;
+    let by_address = env.broker.url.replace("@localhost:", "@127.0.0.1:");
+    let mut settings = env.settings();
+    settings.broker.url = by_address;
     let error = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(config)
+        .settings(settings)
         .start()
         .await
         .expect_err("a certificate for another host name is refused")
@@ -104,8 +104,8 @@ async fn the_worker_presents_its_client_certificate_to_a_broker_that_requires_on
     env.config.consumer = format!("worker-tests-{}", env.id);
     let pki = TestPki::generate(&env.id);
     let listener = BrokerTlsListener::start(&pki, ClientAuth::Required);
-    env.config.amqp_url = format!("amqps://guest:guest@localhost:{}/%2f", listener.port);
-    env.config.amqp_tls.ca_file = Some(pki.path("ca.pem"));
+    env.broker.url = format!("amqps://guest:guest@localhost:{}/%2f", listener.port);
+    env.broker.tls.ca_file = Some(pki.path("ca.pem"));
 
     // Without the client identity the broker refuses the handshake.
     let error = start(&env)
@@ -113,11 +113,11 @@ async fn the_worker_presents_its_client_certificate_to_a_broker_that_requires_on
         .expect_err("no client certificate, no connection");
     assert!(error.contains("cannot connect to RabbitMQ"), "{error}");
 
-    env.config.amqp_tls.client_identity = Some(pki.path("client.p12"));
-    env.config.amqp_tls.client_identity_password =
+    env.broker.tls.client_identity = Some(pki.path("client.p12"));
+    env.broker.tls.client_identity_password =
         Some(worker_core::config::Secret(CLIENT_IDENTITY_PASSWORD.into()));
     assert!(
-        !format!("{:?}", env.config).contains(CLIENT_IDENTITY_PASSWORD),
+        !format!("{:?}", env.settings()).contains(CLIENT_IDENTITY_PASSWORD),
         "the password never shows in Debug output"
     );
     let worker = start(&env)

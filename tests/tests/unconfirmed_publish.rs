@@ -22,7 +22,7 @@ async fn returned_retry_copies_and_dead_letters_leave_the_delivery_in_the_queue(
         .handler(scripted)
         .migrations(TestEnv::migrator())
         .observer(outcomes.clone())
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .unwrap();

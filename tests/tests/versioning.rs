@@ -69,7 +69,7 @@ async fn shuffled_versions_end_at_the_latest_and_never_go_back() {
     create_tables(&env).await;
     let worker = worker_rabbitmq::Worker::builder()
         .handler(versioned)
-        .config(env.config.clone())
+        .settings(env.settings())
         .start()
         .await
         .expect("worker starts");

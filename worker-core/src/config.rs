@@ -1,15 +1,12 @@
 //! Worker configuration: from the environment (and builder calls), never from code edits.
 //!
+//! The environment is read once, into a [`Variables`] snapshot, and parsed into typed settings:
+//! [`WorkerConfig`] here (what every transport shares) and the transport's own settings (the
+//! broker URL, TLS, heartbeat, exchange and queue names), which the transport crate documents.
+//!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` | broker |
-//! | `WORKER_AMQP_CA_FILE` | unset | `amqps://`: PEM file of CA certificates to trust besides the system's |
-//! | `WORKER_AMQP_CLIENT_IDENTITY`, `WORKER_AMQP_CLIENT_IDENTITY_PASSWORD` | unset | `amqps://`: client certificate and key as a PKCS#12 file, and its password |
-//! | `WORKER_HEARTBEAT` | `10s` | AMQP heartbeat asked for (whole seconds) unless the URL sets `heartbeat=`; a silent connection is given up after about twice this |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | database |
-//! | `WORKER_EXCHANGE` | `events` | topic exchange producers publish to |
-//! | `WORKER_QUEUE_PREFIX` | empty | prepended to every queue name (isolates test runs) |
-//! | `WORKER_QUEUE_TYPE` | `quorum` | work queue type: `quorum` or `classic` |
 //! | `WORKER_DB_SCHEMA` | `public` | schema of `processed_events`, first on the `search_path` of handler connections |
 //! | `WORKER_MIGRATE` | `true` | bring the framework's tables up to date at start-up ([`crate::migrations`], recorded in `<schema>.worker_schema_migrations`), then run the application's migrations |
 //! | `WORKER_DEDUP_RETENTION` | `7d` | dedup rows older than this are pruned |
@@ -18,7 +15,6 @@
 //! | `WORKER_CONSUMER` | the executable's name | `consumer` in dead-letter records |
 //! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
 //! | `WORKER_MAX_PAYLOAD_BYTES` | `4194304` (4 MiB) | larger message bodies are dead-lettered as poison without being decoded |
-//! | `WORKER_DELIVERY_LIMIT` | `20` | quorum work queues: deliveries after which the broker dead-letters a message that was never settled (crash loop); `off` for none |
 //! | `WORKER_BATCH_SIZE` | half the handler's concurrency, at most 50 | dedup handlers: most deliveries processed in one transaction (a savepoint each) when they are ready together, with up to 8 such transactions per handler at once; `1` turns batching off |
 //! | `WORKER_BATCH_LINGER` | `0ms` | how long a batch waits for more deliveries after its first; `0ms` never waits, so batches form only from a backlog |
 //! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
@@ -29,7 +25,8 @@
 //! `1h`, `7d`), or several such terms from the largest unit down (`1h30m`); no fractions, no
 //! spaces inside. It is the one grammar of the framework: `#[handler(cap = "1h")]` reads the same
 //! (see [`parse_duration`]). Precedence, highest first: the handler's variables, the global
-//! variables, the `#[handler]` attribute, the defaults.
+//! variables, the `#[handler]` attribute, the defaults. A `WORKER_HANDLER_*` variable whose
+//! setting is unknown (a typo such as `_CONCURENCY`) is an error, not silently ignored.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,8 +34,6 @@ use std::time::Duration;
 use crate::dedup::identifier::{Identifier, InvalidIdentifier};
 use crate::handler::HandlerSpec;
 
-/// Default broker URL.
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Default database URL.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -64,16 +59,6 @@ pub enum ConfigError {
     Schema(#[from] InvalidIdentifier),
 }
 
-/// The type of the work queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum QueueType {
-    /// Replicated, cluster-ready (the default).
-    #[default]
-    Quorum,
-    /// Classic durable queues.
-    Classic,
-}
-
 /// A secret setting: never printed (its `Debug` shows `***`).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -82,18 +67,6 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
     }
-}
-
-/// TLS for `amqps://` broker URLs (rustls). The system's root certificates are trusted, plus
-/// `ca_file` when set; a client certificate is presented when `client_identity` is set.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AmqpTls {
-    /// PEM file of extra CA certificates to trust (`WORKER_AMQP_CA_FILE`).
-    pub ca_file: Option<std::path::PathBuf>,
-    /// PKCS#12 (`.p12`) file with the client certificate and key (`WORKER_AMQP_CLIENT_IDENTITY`).
-    pub client_identity: Option<std::path::PathBuf>,
-    /// Password of the PKCS#12 file (`WORKER_AMQP_CLIENT_IDENTITY_PASSWORD`).
-    pub client_identity_password: Option<Secret>,
 }
 
 /// Overrides of a retry policy; `None` keeps what the handler declares.
@@ -118,13 +91,23 @@ impl RetryOverrides {
         retry.jitter = self.jitter.unwrap_or(retry.jitter);
     }
 
-    fn from_env(prefix: &str) -> Result<Self, ConfigError> {
+    fn from_vars(vars: &Variables, prefix: &str) -> Result<Self, ConfigError> {
         Ok(Self {
-            max_attempts: env_parse(&format!("{prefix}RETRY_ATTEMPTS"), parse_positive)?,
-            base: env_parse(&format!("{prefix}RETRY_BASE"), parse_duration)?,
-            cap: env_parse(&format!("{prefix}RETRY_CAP"), parse_duration)?,
-            jitter: env_parse(&format!("{prefix}RETRY_JITTER"), parse_duration)?,
+            max_attempts: vars.parse(&format!("{prefix}RETRY_ATTEMPTS"), parse_positive)?,
+            base: vars.parse(&format!("{prefix}RETRY_BASE"), parse_duration)?,
+            cap: vars.parse(&format!("{prefix}RETRY_CAP"), parse_duration)?,
+            jitter: vars.parse(&format!("{prefix}RETRY_JITTER"), parse_duration)?,
         })
+    }
+
+    /// These overrides, with `self`'s values winning where both are set.
+    fn or(self, other: Self) -> Self {
+        Self {
+            max_attempts: self.max_attempts.or(other.max_attempts),
+            base: self.base.or(other.base),
+            cap: self.cap.or(other.cap),
+            jitter: self.jitter.or(other.jitter),
+        }
     }
 }
 
@@ -137,24 +120,11 @@ pub struct HandlerOverrides {
     pub concurrency: Option<usize>,
 }
 
-/// Everything a worker is configured with.
+/// Everything a worker is configured with that does not depend on the transport.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Broker URL (may hold credentials: log it with [`redact_url`]).
-    pub amqp_url: String,
-    /// TLS settings for `amqps://` URLs.
-    pub amqp_tls: AmqpTls,
-    /// AMQP heartbeat asked for, in whole seconds (a `heartbeat=` in the URL wins). A connection
-    /// on which nothing arrives for about twice this long is given up and replaced.
-    pub heartbeat: Duration,
     /// Database URL (may hold credentials: log it with [`redact_url`]).
     pub database_url: String,
-    /// The topic exchange producers publish to.
-    pub exchange: String,
-    /// Prepended to every queue name.
-    pub queue_prefix: String,
-    /// Type of the work queues.
-    pub queue_type: QueueType,
     /// Schema of the dedup table.
     pub db_schema: Identifier,
     /// Whether to run the framework's versioned migrations (and the application's) at start-up.
@@ -173,9 +143,6 @@ pub struct WorkerConfig {
     pub lag_poll_interval: Duration,
     /// Largest accepted message body; larger ones are dead-lettered as poison.
     pub max_payload_bytes: usize,
-    /// Quorum work queues' `x-delivery-limit`: deliveries after which the broker dead-letters a
-    /// message that never got settled (a crash loop); `None`: no limit.
-    pub delivery_limit: Option<u32>,
     /// Dedup handlers: most deliveries in one batched transaction; `None`: half the handler's
     /// concurrency, at most [`MAX_DEFAULT_BATCH_SIZE`] (see [`WorkerConfig::batch_size_for`]).
     pub batch_size: Option<usize>,
@@ -183,22 +150,17 @@ pub struct WorkerConfig {
     pub batch_linger: Duration,
     /// Overrides for every handler.
     pub retry: RetryOverrides,
-    /// Overrides per handler name (set in code or tests; applied after `retry`).
+    /// Overrides per handler name, set in code or tests (applied after `retry`).
     pub handlers: HashMap<String, HandlerOverrides>,
-    /// Whether `WORKER_HANDLER_<NAME>_*` variables are read when a handler is resolved.
-    pub read_handler_env: bool,
+    /// Overrides from `WORKER_HANDLER_<NAME>_*` variables, keyed by `<NAME>` (see
+    /// [`handler_env_name`]); they win over [`WorkerConfig::handlers`].
+    pub handler_vars: HashMap<String, HandlerOverrides>,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            amqp_url: DEFAULT_AMQP_URL.into(),
-            amqp_tls: AmqpTls::default(),
-            heartbeat: Duration::from_secs(10),
             database_url: DEFAULT_DATABASE_URL.into(),
-            exchange: "events".into(),
-            queue_prefix: String::new(),
-            queue_type: QueueType::Quorum,
             db_schema: Identifier::new("public").expect("`public` is a valid identifier"),
             migrate: true,
             dedup_retention: Duration::from_secs(7 * 24 * 3600),
@@ -208,61 +170,63 @@ impl Default for WorkerConfig {
             metrics_addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9464))),
             lag_poll_interval: Duration::from_secs(15),
             max_payload_bytes: 4 * 1024 * 1024,
-            delivery_limit: Some(20),
             batch_size: None,
             batch_linger: Duration::ZERO,
             retry: RetryOverrides::default(),
             handlers: HashMap::new(),
-            read_handler_env: false,
+            handler_vars: HashMap::new(),
         }
     }
 }
 
 impl WorkerConfig {
-    /// Reads the variables in the module docs; unset ones keep their defaults.
+    /// Reads the variables in the module docs from the environment; unset ones keep their
+    /// defaults. A transport reads its own settings from the same [`Variables`] with
+    /// [`WorkerConfig::from_vars`].
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&Variables::from_env())
+    }
+
+    /// Reads the variables in the module docs from `vars`; unset ones keep their defaults.
+    pub fn from_vars(vars: &Variables) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         Ok(Self {
-            amqp_url: env_string("AMQP_URL").unwrap_or(defaults.amqp_url),
-            amqp_tls: AmqpTls {
-                ca_file: env_string("WORKER_AMQP_CA_FILE").map(Into::into),
-                client_identity: env_string("WORKER_AMQP_CLIENT_IDENTITY").map(Into::into),
-                client_identity_password: env_string("WORKER_AMQP_CLIENT_IDENTITY_PASSWORD")
-                    .map(Secret),
-            },
-            heartbeat: env_parse("WORKER_HEARTBEAT", parse_heartbeat)?
-                .unwrap_or(defaults.heartbeat),
-            database_url: env_string("DATABASE_URL").unwrap_or(defaults.database_url),
-            exchange: env_string("WORKER_EXCHANGE").unwrap_or(defaults.exchange),
-            queue_prefix: env_string("WORKER_QUEUE_PREFIX").unwrap_or(defaults.queue_prefix),
-            queue_type: env_parse("WORKER_QUEUE_TYPE", parse_queue_type)?
-                .unwrap_or(defaults.queue_type),
-            db_schema: match env_string("WORKER_DB_SCHEMA") {
+            database_url: vars.string("DATABASE_URL").unwrap_or(defaults.database_url),
+            db_schema: match vars.string("WORKER_DB_SCHEMA") {
                 Some(schema) => Identifier::new(&schema)?,
                 None => defaults.db_schema,
             },
-            migrate: env_parse("WORKER_MIGRATE", parse_bool)?.unwrap_or(defaults.migrate),
-            dedup_retention: env_parse("WORKER_DEDUP_RETENTION", parse_duration)?
+            migrate: vars
+                .parse("WORKER_MIGRATE", parse_bool)?
+                .unwrap_or(defaults.migrate),
+            dedup_retention: vars
+                .parse("WORKER_DEDUP_RETENTION", parse_duration)?
                 .unwrap_or(defaults.dedup_retention),
-            shutdown_timeout: env_parse("WORKER_SHUTDOWN_TIMEOUT", parse_duration)?
+            shutdown_timeout: vars
+                .parse("WORKER_SHUTDOWN_TIMEOUT", parse_duration)?
                 .unwrap_or(defaults.shutdown_timeout),
-            db_pool_size: env_parse("WORKER_DB_POOL_SIZE", parse_positive)?
+            db_pool_size: vars
+                .parse("WORKER_DB_POOL_SIZE", parse_positive)?
                 .unwrap_or(defaults.db_pool_size),
-            consumer: env_string("WORKER_CONSUMER").unwrap_or(defaults.consumer),
-            metrics_addr: env_parse("WORKER_METRICS_ADDR", parse_metrics_addr)?
+            consumer: vars.string("WORKER_CONSUMER").unwrap_or(defaults.consumer),
+            metrics_addr: vars
+                .parse("WORKER_METRICS_ADDR", parse_metrics_addr)?
                 .unwrap_or(defaults.metrics_addr),
-            lag_poll_interval: env_parse("WORKER_LAG_POLL_INTERVAL", parse_duration)?
+            lag_poll_interval: vars
+                .parse("WORKER_LAG_POLL_INTERVAL", parse_duration)?
                 .unwrap_or(defaults.lag_poll_interval),
-            max_payload_bytes: env_parse("WORKER_MAX_PAYLOAD_BYTES", parse_positive)?
+            max_payload_bytes: vars
+                .parse("WORKER_MAX_PAYLOAD_BYTES", parse_positive)?
                 .unwrap_or(defaults.max_payload_bytes),
-            delivery_limit: env_parse("WORKER_DELIVERY_LIMIT", parse_delivery_limit)?
-                .unwrap_or(defaults.delivery_limit),
-            batch_size: env_parse("WORKER_BATCH_SIZE", parse_positive)?.or(defaults.batch_size),
-            batch_linger: env_parse("WORKER_BATCH_LINGER", parse_duration)?
+            batch_size: vars
+                .parse("WORKER_BATCH_SIZE", parse_positive)?
+                .or(defaults.batch_size),
+            batch_linger: vars
+                .parse("WORKER_BATCH_LINGER", parse_duration)?
                 .unwrap_or(defaults.batch_linger),
-            retry: RetryOverrides::from_env("WORKER_")?,
+            retry: RetryOverrides::from_vars(vars, "WORKER_")?,
             handlers: HashMap::new(),
-            read_handler_env: true,
+            handler_vars: handler_vars(vars)?,
         })
     }
 
@@ -270,21 +234,16 @@ impl WorkerConfig {
     pub fn resolve(&self, declared: &HandlerSpec) -> Result<HandlerSpec, ConfigError> {
         let mut spec = declared.clone();
         self.retry.apply(&mut spec);
-        let mut overrides = self.handlers.get(spec.name).copied().unwrap_or_default();
-        if self.read_handler_env {
-            let prefix = handler_env_prefix(spec.name);
-            let env_retry = RetryOverrides::from_env(&prefix)?;
-            let env_concurrency = env_parse(&format!("{prefix}CONCURRENCY"), parse_positive)?;
-            overrides.retry = RetryOverrides {
-                max_attempts: env_retry.max_attempts.or(overrides.retry.max_attempts),
-                base: env_retry.base.or(overrides.retry.base),
-                cap: env_retry.cap.or(overrides.retry.cap),
-                jitter: env_retry.jitter.or(overrides.retry.jitter),
-            };
-            overrides.concurrency = env_concurrency
-                .map(|c: u32| c as usize)
-                .or(overrides.concurrency);
-        }
+        let code = self.handlers.get(spec.name).copied().unwrap_or_default();
+        let vars = self
+            .handler_vars
+            .get(&handler_env_name(spec.name))
+            .copied()
+            .unwrap_or_default();
+        let overrides = HandlerOverrides {
+            retry: vars.retry.or(code.retry),
+            concurrency: vars.concurrency.or(code.concurrency),
+        };
         overrides.retry.apply(&mut spec);
         spec.concurrency = overrides.concurrency.unwrap_or(spec.concurrency);
         let invalid = |reason: &str| ConfigError::Invalid {
@@ -304,6 +263,20 @@ impl WorkerConfig {
         Ok(spec)
     }
 
+    /// The `WORKER_HANDLER_<NAME>_*` variables that name none of these handlers (a typo in a
+    /// name, or a handler that was removed), for a start-up warning.
+    pub fn unknown_handler_vars(&self, handlers: &[&str]) -> Vec<String> {
+        let known: Vec<String> = handlers.iter().map(|h| handler_env_name(h)).collect();
+        let mut unknown: Vec<String> = self
+            .handler_vars
+            .keys()
+            .filter(|name| !known.contains(name))
+            .map(|name| format!("WORKER_HANDLER_{name}_*"))
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
     /// The most deliveries of a dedup handler with this `concurrency` that share a transaction:
     /// [`WorkerConfig::batch_size`], else half the concurrency (so one batch fills while the
     /// previous one commits) and at most [`MAX_DEFAULT_BATCH_SIZE`]; never above the concurrency.
@@ -313,16 +286,114 @@ impl WorkerConfig {
             .unwrap_or((concurrency / 2).min(MAX_DEFAULT_BATCH_SIZE));
         size.clamp(1, concurrency.max(1))
     }
+}
 
-    /// The name of a handler's queues start with this: prefix + handler name.
-    pub fn queue_name(&self, handler: &str) -> String {
-        format!("{}{}", self.queue_prefix, handler)
+/// A snapshot of the environment (or of any name → value list, in tests), read once and shared
+/// by every part of the configuration. Blank values count as unset.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Variables(HashMap<String, String>);
+
+impl std::fmt::Debug for Variables {
+    /// Names only: values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.0.keys().collect();
+        names.sort();
+        f.debug_tuple("Variables").field(&names).finish()
     }
 }
 
-/// `WORKER_HANDLER_<NAME>_` for a handler name.
-pub fn handler_env_prefix(handler: &str) -> String {
-    let name: String = handler
+impl Variables {
+    /// The process environment, now.
+    pub fn from_env() -> Self {
+        Self::new(std::env::vars())
+    }
+
+    /// These variables.
+    pub fn new<K: Into<String>, V: Into<String>>(vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .filter(|(_, v)| !v.trim().is_empty())
+                .collect(),
+        )
+    }
+
+    /// The value of `var`, if set and not blank.
+    pub fn string(&self, var: &str) -> Option<String> {
+        self.0.get(var).cloned()
+    }
+
+    /// The value of `var` parsed by `parse`; the error names the variable and its value.
+    pub fn parse<T>(
+        &self,
+        var: &str,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.string(var)
+            .map(|value| parse_var(var, value, parse))
+            .transpose()
+    }
+
+    /// The names of the variables that start with `prefix`, sorted.
+    pub fn names_starting_with(&self, prefix: &str) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .0
+            .keys()
+            .map(String::as_str)
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// The settings a `WORKER_HANDLER_<NAME>_` variable can end with.
+const HANDLER_SETTINGS: [&str; 5] = [
+    "RETRY_ATTEMPTS",
+    "RETRY_BASE",
+    "RETRY_CAP",
+    "RETRY_JITTER",
+    "CONCURRENCY",
+];
+
+/// Every `WORKER_HANDLER_<NAME>_<SETTING>` variable, parsed, keyed by `<NAME>`.
+fn handler_vars(vars: &Variables) -> Result<HashMap<String, HandlerOverrides>, ConfigError> {
+    let mut names: Vec<&str> = Vec::new();
+    for var in vars.names_starting_with("WORKER_HANDLER_") {
+        let rest = &var["WORKER_HANDLER_".len()..];
+        let name = HANDLER_SETTINGS
+            .iter()
+            .find_map(|setting| rest.strip_suffix(setting)?.strip_suffix('_'))
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| ConfigError::Invalid {
+                var: var.into(),
+                value: vars.string(var).unwrap_or_default(),
+                reason: format!(
+                    "not a handler setting: expected WORKER_HANDLER_<NAME>_ followed by one of {}",
+                    HANDLER_SETTINGS.join(", ")
+                ),
+            })?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let prefix = format!("WORKER_HANDLER_{name}_");
+            let overrides = HandlerOverrides {
+                retry: RetryOverrides::from_vars(vars, &prefix)?,
+                concurrency: vars.parse(&format!("{prefix}CONCURRENCY"), parse_positive)?,
+            };
+            Ok((name.to_owned(), overrides))
+        })
+        .collect()
+}
+
+/// `<NAME>` of the `WORKER_HANDLER_<NAME>_*` variables of a handler: its name upper-cased, every
+/// other character than a letter or digit replaced by `_`.
+pub fn handler_env_name(handler: &str) -> String {
+    handler
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -331,8 +402,7 @@ pub fn handler_env_prefix(handler: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("WORKER_HANDLER_{name}_")
+        .collect()
 }
 
 fn default_consumer() -> String {
@@ -340,16 +410,6 @@ fn default_consumer() -> String {
         .ok()
         .and_then(|path| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "worker".into())
-}
-
-fn env_string(var: &str) -> Option<String> {
-    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn env_parse<T>(var: &str, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, ConfigError> {
-    env_string(var)
-        .map(|value| parse_var(var, value, parse))
-        .transpose()
 }
 
 /// Parses the value of `var`; the error names the variable and its value.
@@ -365,7 +425,8 @@ fn parse_var<T>(
     })
 }
 
-fn parse_bool(value: &str) -> Result<bool, String> {
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn parse_bool(value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
@@ -373,7 +434,8 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(value: &str) -> Result<T, String> {
+/// A whole number of at least 1.
+pub fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(value: &str) -> Result<T, String> {
     match value.parse::<T>() {
         Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err("expected a whole number of at least 1".into()),
@@ -391,32 +453,6 @@ fn parse_metrics_addr(value: &str) -> Result<Option<std::net::SocketAddr>, Strin
         .parse()
         .map(Some)
         .map_err(|_| "expected host:port (e.g. 0.0.0.0:9464) or `off`".into())
-}
-
-/// A heartbeat: whole seconds from 1 s to 65535 s (AMQP negotiates it in seconds, as a `u16`).
-fn parse_heartbeat(value: &str) -> Result<Duration, String> {
-    let duration = parse_duration(value)?;
-    if duration.subsec_nanos() != 0 || duration.is_zero() || duration.as_secs() > 65_535 {
-        return Err("expected whole seconds from 1s to 65535s".into());
-    }
-    Ok(duration)
-}
-
-fn parse_delivery_limit(value: &str) -> Result<Option<u32>, String> {
-    if value.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    parse_positive(value)
-        .map(Some)
-        .map_err(|_| "expected a whole number of at least 1, or `off`".into())
-}
-
-fn parse_queue_type(value: &str) -> Result<QueueType, String> {
-    match value {
-        "quorum" => Ok(QueueType::Quorum),
-        "classic" => Ok(QueueType::Classic),
-        _ => Err("expected `quorum` or `classic`".into()),
-    }
 }
 
 /// Parses a duration: `250ms`, `2s`, `5m`, `1h`, `7d`, `1h30m` (the grammar of
@@ -452,10 +488,6 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_heartbeat("2s"), Ok(Duration::from_secs(2)));
-        assert!(parse_heartbeat("1500ms").is_err());
-        assert!(parse_heartbeat("0s").is_err());
-        assert!(parse_heartbeat("1d").is_err());
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
@@ -488,15 +520,15 @@ mod tests {
     #[test]
     fn redaction() {
         assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
+            redact_url("broker://guest:guest@127.0.0.1:5672/%2f"),
+            "broker://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(
             redact_url("postgres://postgres@127.0.0.1/db"),
             "postgres://postgres:***@127.0.0.1/db"
         );
-        assert_eq!(redact_url("amqp://h:1/v"), "amqp://h:1/v");
-        assert_eq!(redact_url("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
+        assert_eq!(redact_url("broker://h:1/v"), "broker://h:1/v");
+        assert_eq!(redact_url("broker://u:p@ss@h/v"), "broker://u:***@h/v");
     }
 
     #[test]
@@ -524,8 +556,65 @@ mod tests {
             (Duration::from_millis(10), 3, 2)
         );
         assert_eq!(
-            handler_env_prefix("charge-on-order-placed"),
-            "WORKER_HANDLER_CHARGE_ON_ORDER_PLACED_"
+            handler_env_name("charge-on-order-placed"),
+            "CHARGE_ON_ORDER_PLACED"
         );
+    }
+
+    #[test]
+    fn handler_variables_are_read_once_typed_and_win_over_code() {
+        let vars = Variables::new([
+            ("WORKER_HANDLER_CHARGE_ON_ORDER_PLACED_RETRY_ATTEMPTS", "5"),
+            ("WORKER_HANDLER_CHARGE_ON_ORDER_PLACED_CONCURRENCY", "3"),
+            ("WORKER_HANDLER_GONE_RETRY_CAP", "1h"),
+            ("WORKER_RETRY_BASE", "20ms"),
+            ("WORKER_BATCH_SIZE", " "),
+        ]);
+        let mut config = WorkerConfig::from_vars(&vars).expect("valid variables");
+        assert_eq!(config.batch_size, None, "a blank value counts as unset");
+        config.handlers.insert(
+            "charge-on-order-placed".into(),
+            HandlerOverrides {
+                retry: RetryOverrides {
+                    max_attempts: Some(9),
+                    jitter: Some(Duration::from_millis(7)),
+                    ..Default::default()
+                },
+                concurrency: Some(1),
+            },
+        );
+        let spec = config
+            .resolve(&HandlerSpec::new("charge-on-order-placed", "OrderPlaced"))
+            .unwrap();
+        assert_eq!(spec.retry.max_attempts, 5, "the variable wins over the code");
+        assert_eq!(spec.retry.jitter, Duration::from_millis(7), "the code fills the rest");
+        assert_eq!(spec.retry.base, Duration::from_millis(20));
+        assert_eq!(spec.concurrency, 3);
+        assert_eq!(
+            config.unknown_handler_vars(&["charge-on-order-placed"]),
+            ["WORKER_HANDLER_GONE_*"]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_handler_setting_is_refused() {
+        let vars = Variables::new([("WORKER_HANDLER_SEND_RECEIPT_CONCURENCY", "4")]);
+        let message = WorkerConfig::from_vars(&vars).unwrap_err().to_string();
+        assert!(
+            message.starts_with("WORKER_HANDLER_SEND_RECEIPT_CONCURENCY=\"4\" is invalid: not a handler setting"),
+            "{message}"
+        );
+        let vars = Variables::new([("WORKER_HANDLER_SEND_RECEIPT_RETRY_CAP", "soon")]);
+        let message = WorkerConfig::from_vars(&vars).unwrap_err().to_string();
+        assert!(
+            message.starts_with("WORKER_HANDLER_SEND_RECEIPT_RETRY_CAP=\"soon\" is invalid"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn variables_debug_shows_names_not_values() {
+        let vars = Variables::new([("DATABASE_URL", "postgres://u:secret@h/db")]);
+        assert_eq!(format!("{vars:?}"), "Variables([\"DATABASE_URL\"])");
     }
 }

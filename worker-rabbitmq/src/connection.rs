@@ -10,10 +10,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties, Event};
-use worker_core::config::AmqpTls;
-use worker_core::WorkerConfig;
 
 use crate::error::WorkerError;
+use crate::settings::{BrokerSettings, BrokerTls};
 use worker_core::config::redact_url;
 
 /// `url` with `heartbeat=<secs>` added unless it sets a heartbeat itself. lapin sends a
@@ -30,7 +29,7 @@ fn with_heartbeat(url: &str, heartbeat: Duration) -> String {
 }
 
 /// The client side of TLS for `amqps://` URLs, read from the configured files.
-fn tls_config(tls: &AmqpTls) -> Result<OwnedTLSConfig, WorkerError> {
+fn tls_config(tls: &BrokerTls) -> Result<OwnedTLSConfig, WorkerError> {
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read(path).map_err(|source| WorkerError::TlsFile {
             what: what.to_owned(),
@@ -62,11 +61,11 @@ fn tls_config(tls: &AmqpTls) -> Result<OwnedTLSConfig, WorkerError> {
     })
 }
 
-/// Connects to `config`'s broker (TLS settings included), naming the connection `name` (visible in
+/// Connects to the broker (TLS settings included), naming the connection `name` (visible in
 /// the management UI). Errors never show the password.
-pub(crate) async fn connect(config: &WorkerConfig, name: &str) -> Result<Connection, WorkerError> {
-    let url = config.amqp_url.as_str();
-    let tls = tls_config(&config.amqp_tls)?;
+pub(crate) async fn connect(broker: &BrokerSettings, name: &str) -> Result<Connection, WorkerError> {
+    let url = broker.url.as_str();
+    let tls = tls_config(&broker.tls)?;
     let failed = |source| WorkerError::Connect {
         url: redact_url(url),
         source,
@@ -76,7 +75,7 @@ pub(crate) async fn connect(config: &WorkerConfig, name: &str) -> Result<Connect
     // registers the socket with its reactor (its I/O loop thread blocks on this runtime's handle).
     let runtime = lapin::runtime::default_runtime().map_err(failed)?;
     Connection::connect_with_config(
-        &with_heartbeat(url, config.heartbeat),
+        &with_heartbeat(url, broker.heartbeat),
         properties,
         tls,
         runtime,

@@ -296,7 +296,7 @@ mod tests {
         use super::{Ledger, ACK_WAIT};
 
         let url = std::env::var("AMQP_URL")
-            .unwrap_or_else(|_| worker_core::config::DEFAULT_AMQP_URL.to_owned());
+            .unwrap_or_else(|_| crate::settings::DEFAULT_AMQP_URL.to_owned());
         let properties = ConnectionProperties::default();
         let connection = Connection::connect(&url, properties).await.expect("broker");
         let channel = connection.create_channel().await.expect("channel");

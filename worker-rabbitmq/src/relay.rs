@@ -7,12 +7,11 @@
 //! Run it inside a worker (`WorkerBuilder::outbox()`, or `WORKER_OUTBOX=true`) or on its own:
 //!
 //! ```no_run
-//! use worker_core::outbox::OutboxSettings;
-//! use worker_core::WorkerConfig;
+//! use worker_rabbitmq::{Relay, Settings};
 //!
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! // Until SIGINT/SIGTERM; configuration from the environment, as for the worker.
-//! worker_rabbitmq::Relay::run(WorkerConfig::from_env()?, OutboxSettings::from_env()?).await?;
+//! Relay::run(Settings::from_env()?).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -30,7 +29,7 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use worker_core::config::{redact_url, ConfigError};
+use worker_core::config::redact_url;
 use worker_core::handler::BoxFuture;
 use worker_core::outbox::relay::NoRelayObserver;
 use worker_core::outbox::{
@@ -41,6 +40,7 @@ use worker_core::WorkerConfig;
 use crate::connection::connect;
 use crate::error::WorkerError;
 use crate::publisher::{PublishError, Publisher};
+use crate::settings::{BrokerSettings, Settings};
 use crate::topology;
 
 /// The outbox relay, on its own (outside a worker).
@@ -48,18 +48,23 @@ use crate::topology;
 pub struct Relay;
 
 impl Relay {
-    /// A relay for `config`'s schema and exchange, with default settings and no observer.
-    pub fn builder(config: WorkerConfig) -> RelayBuilder {
+    /// A relay for `config`'s schema and `broker`'s exchange, with default settings and no
+    /// observer.
+    pub fn builder(config: WorkerConfig, broker: BrokerSettings) -> RelayBuilder {
         RelayBuilder {
             config,
+            broker,
             settings: OutboxSettings::default(),
             observer: Arc::new(NoRelayObserver),
         }
     }
 
     /// Starts a relay and runs it until SIGINT or SIGTERM.
-    pub async fn run(config: WorkerConfig, settings: OutboxSettings) -> Result<(), WorkerError> {
-        let relay = Self::builder(config).settings(settings).start().await?;
+    pub async fn run(settings: Settings) -> Result<(), WorkerError> {
+        let relay = Self::builder(settings.worker, settings.broker)
+            .settings(settings.outbox)
+            .start()
+            .await?;
         worker_core::shutdown::signal().await;
         relay.shutdown().await;
         Ok(())
@@ -69,6 +74,7 @@ impl Relay {
 /// Configures a standalone relay.
 pub struct RelayBuilder {
     config: WorkerConfig,
+    broker: BrokerSettings,
     settings: OutboxSettings,
     observer: Arc<dyn RelayObserver>,
 }
@@ -77,6 +83,7 @@ impl std::fmt::Debug for RelayBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayBuilder")
             .field("config", &self.config)
+            .field("broker", &self.broker)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -99,7 +106,7 @@ impl RelayBuilder {
     /// RabbitMQ (declaring the events exchange), then starts relaying.
     pub async fn start(self) -> Result<RunningRelay, WorkerError> {
         let config = self.config;
-        topology::check_names(&config, &[])?;
+        topology::check_names(&self.broker, &[])?;
         let database_error = |source| WorkerError::Database {
             url: redact_url(&config.database_url),
             source,
@@ -117,7 +124,7 @@ impl RelayBuilder {
                 .await
                 .map_err(|e| WorkerError::Migration(format!("outbox table: {e}")))?;
         }
-        let sink = RabbitSink::new(&config);
+        let sink = RabbitSink::new(&config, &self.broker);
         sink.connected().await?;
         let mut relay = spawn_with(pool.clone(), &config, self.settings, sink, self.observer);
         relay.own_pool = Some(pool);
@@ -147,12 +154,17 @@ impl RunningRelay {
 }
 
 /// Starts the relay inside a worker, on the worker's pool.
-pub(crate) fn spawn(pool: PgPool, config: &WorkerConfig, settings: OutboxSettings) -> RunningRelay {
+pub(crate) fn spawn(
+    pool: PgPool,
+    config: &WorkerConfig,
+    broker: &BrokerSettings,
+    settings: OutboxSettings,
+) -> RunningRelay {
     spawn_with(
         pool,
         config,
         settings,
-        RabbitSink::new(config),
+        RabbitSink::new(config, broker),
         Arc::new(NoRelayObserver),
     )
 }
@@ -188,15 +200,15 @@ fn spawn_with(
 #[derive(Debug)]
 struct RabbitSink {
     name: String,
-    config: WorkerConfig,
+    broker: BrokerSettings,
     state: Mutex<Option<(Arc<Connection>, Arc<Publisher>)>>,
 }
 
 impl RabbitSink {
-    fn new(config: &WorkerConfig) -> Self {
+    fn new(config: &WorkerConfig, broker: &BrokerSettings) -> Self {
         Self {
             name: format!("{}-outbox-relay", config.consumer),
-            config: config.clone(),
+            broker: broker.clone(),
             state: Mutex::new(None),
         }
     }
@@ -208,12 +220,12 @@ impl RabbitSink {
                 return Ok(Arc::clone(publisher));
             }
         }
-        let connection = Arc::new(connect(&self.config, &self.name).await?);
+        let connection = Arc::new(connect(&self.broker, &self.name).await?);
         let channel = connection
             .create_channel()
             .await
             .map_err(WorkerError::broker("open a channel for the outbox relay"))?;
-        topology::declare_exchange(&channel, &self.config).await?;
+        topology::declare_exchange(&channel, &self.broker).await?;
         let _ = channel.close(200, "exchange declared".into()).await;
         let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
         *state = Some((connection, Arc::clone(&publisher)));
@@ -242,12 +254,12 @@ impl OutboxSink for RabbitSink {
                 "otel.kind" = "producer",
                 "messaging.system" = "rabbitmq",
                 "messaging.operation.type" = "send",
-                "messaging.destination.name" = %self.config.exchange,
+                "messaging.destination.name" = %self.broker.exchange,
                 "messaging.rabbitmq.destination.routing_key" = %message.event_type,
                 "messaging.message.id" = %message.event_id,
             );
             match publisher
-                .publish(&self.config.exchange, &message.event_type, &message.message)
+                .publish(&self.broker.exchange, &message.event_type, &message.message)
                 .instrument(span)
                 .await
             {
@@ -263,16 +275,13 @@ impl OutboxSink for RabbitSink {
     }
 }
 
-/// Whether the worker runs a relay: `WORKER_OUTBOX` wins over the code's choice.
+/// Whether the worker runs a relay, and with which settings: the `WORKER_OUTBOX` switch of
+/// `settings` wins over the code's choice (`None`: not asked for; `Some(None)`: asked for, with
+/// the settings read from the environment; `Some(Some(s))`: asked for, with `s`).
 pub(crate) fn resolve(
     choice: Option<Option<OutboxSettings>>,
-) -> Result<Option<OutboxSettings>, ConfigError> {
-    let wanted = OutboxSettings::switch_from_env()?.unwrap_or(choice.is_some());
-    if !wanted {
-        return Ok(None);
-    }
-    match choice.flatten() {
-        Some(settings) => Ok(Some(settings)),
-        None => OutboxSettings::from_env().map(Some),
-    }
+    settings: &Settings,
+) -> Option<OutboxSettings> {
+    let wanted = settings.outbox_switch.unwrap_or(choice.is_some());
+    wanted.then(|| choice.flatten().unwrap_or_else(|| settings.outbox.clone()))
 }

@@ -26,6 +26,7 @@ use crate::error::WorkerError;
 use crate::lag::{self, Watched};
 use crate::publisher::Publisher;
 use crate::runner::{Runner, Stop};
+use crate::settings::BrokerSettings;
 use crate::topology::{self, QueueNames};
 
 /// First pause before reconnecting; doubles up to [`MAX_RECONNECT_DELAY`], plus up to half again
@@ -36,6 +37,7 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// Everything needed to open a session, again and again.
 pub(crate) struct Blueprint {
     pub(crate) config: WorkerConfig,
+    pub(crate) broker: BrokerSettings,
     pub(crate) handlers: Vec<(Arc<dyn ErasedHandler>, HandlerSpec, QueueNames)>,
     pub(crate) runtime: Runtime,
     pub(crate) stop: Stop,
@@ -60,7 +62,7 @@ pub(crate) struct Leftovers {
 impl Blueprint {
     /// Connects, declares the topology and starts every handler's consumer.
     pub(crate) async fn open(&self) -> Result<Session, WorkerError> {
-        let connection = Arc::new(connect(&self.config, &self.config.consumer).await?);
+        let connection = Arc::new(connect(&self.broker, &self.config.consumer).await?);
         let health = Arc::clone(&self.health);
         on_error(&connection, move |error| {
             tracing::error!(%error, "RabbitMQ connection lost");
@@ -70,9 +72,9 @@ impl Blueprint {
             .create_channel()
             .await
             .map_err(WorkerError::broker("open a channel"))?;
-        topology::declare_exchange(&setup, &self.config).await?;
+        topology::declare_exchange(&setup, &self.broker).await?;
         for (_, spec, _) in &self.handlers {
-            topology::declare_handler(&setup, &self.config, spec).await?;
+            topology::declare_handler(&setup, &self.broker, spec).await?;
         }
         let _ = setup.close(200, "topology declared".into()).await;
 
@@ -90,7 +92,7 @@ impl Blueprint {
             });
             // A partitioned handler has one channel and consumer per partition queue; the broker
             // makes one consumer per queue active across all workers (single active consumer).
-            for source in Source::of(&self.config, spec) {
+            for source in Source::of(&self.broker, spec) {
                 self.start_consumer(&connection, &publisher, handler, source, &mut consumers)
                     .await?;
             }

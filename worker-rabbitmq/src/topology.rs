@@ -31,11 +31,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
-use worker_core::config::QueueType;
 use worker_core::partition::{Partitioning, PARTITION_KEY_HEADER};
-use worker_core::{HandlerSpec, WorkerConfig};
+use worker_core::HandlerSpec;
 
 use crate::error::WorkerError;
+use crate::settings::{BrokerSettings, QueueType};
 
 /// The queue names of one handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +51,9 @@ pub struct QueueNames {
 }
 
 impl QueueNames {
-    /// The names for `handler` under `config`'s prefix.
-    pub fn new(config: &WorkerConfig, handler: &str) -> Self {
-        let work = config.queue_name(handler);
+    /// The names for `handler` under the broker settings' prefix.
+    pub fn new(broker: &BrokerSettings, handler: &str) -> Self {
+        let work = broker.queue_name(handler);
         Self {
             dlq: format!("{work}.dlq"),
             delivery_limit: format!("{work}.delivery-limit"),
@@ -88,9 +88,9 @@ fn text(value: &str) -> AMQPValue {
 /// The work queue's arguments: its type and, for quorum queues with a delivery limit, where the
 /// broker dead-letters a message redelivered past the limit (a crash loop). At-least-once
 /// dead-lettering keeps the message until the delivery-limit queue has it.
-fn work_queue_args(config: &WorkerConfig, names: &QueueNames) -> FieldTable {
-    let mut args = queue_type_args(config.queue_type);
-    if let (QueueType::Quorum, Some(limit)) = (config.queue_type, config.delivery_limit) {
+fn work_queue_args(broker: &BrokerSettings, names: &QueueNames) -> FieldTable {
+    let mut args = queue_type_args(broker.queue_type);
+    if let (QueueType::Quorum, Some(limit)) = (broker.queue_type, broker.delivery_limit) {
         args.insert(
             ShortString::from("x-delivery-limit"),
             AMQPValue::LongLongInt(i64::from(limit)),
@@ -121,14 +121,14 @@ fn queue_type_args(queue_type: QueueType) -> FieldTable {
 }
 
 /// Declares the events exchange.
-pub async fn declare_exchange(channel: &Channel, config: &WorkerConfig) -> Result<(), WorkerError> {
+pub async fn declare_exchange(channel: &Channel, broker: &BrokerSettings) -> Result<(), WorkerError> {
     let options = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
     };
     channel
         .exchange_declare(
-            config.exchange.as_str().into(),
+            broker.exchange.as_str().into(),
             ExchangeKind::Topic,
             options,
             FieldTable::default(),
@@ -136,7 +136,7 @@ pub async fn declare_exchange(channel: &Channel, config: &WorkerConfig) -> Resul
         .await
         .map_err(WorkerError::broker(format!(
             "declare exchange `{}`",
-            config.exchange
+            broker.exchange
         )))
 }
 
@@ -144,15 +144,15 @@ pub async fn declare_exchange(channel: &Channel, config: &WorkerConfig) -> Resul
 /// queue. Idempotent: safe on every start and from several workers.
 pub async fn declare_handler(
     channel: &Channel,
-    config: &WorkerConfig,
+    broker: &BrokerSettings,
     spec: &HandlerSpec,
 ) -> Result<QueueNames, WorkerError> {
-    let names = QueueNames::new(config, spec.name);
+    let names = QueueNames::new(broker, spec.name);
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    if has_delivery_limit_queue(config) {
+    if has_delivery_limit_queue(broker) {
         channel
             .queue_declare(
                 names.delivery_limit.as_str().into(),
@@ -169,7 +169,7 @@ pub async fn declare_handler(
         .queue_declare(
             names.work.as_str().into(),
             durable,
-            work_queue_args(config, &names),
+            work_queue_args(broker, &names),
         )
         .await
         .map_err(WorkerError::broker(format!(
@@ -180,12 +180,12 @@ pub async fn declare_handler(
         )))?;
     if let Some(partitioning) = &spec.partition {
         // Partitioned: events reach the partition queues; `h` only takes replays.
-        declare_partitions(channel, config, spec, partitioning, &names).await?;
+        declare_partitions(channel, broker, spec, partitioning, &names).await?;
     } else {
         channel
             .queue_bind(
                 names.work.as_str().into(),
-                config.exchange.as_str().into(),
+                broker.exchange.as_str().into(),
                 spec.event_type.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -193,7 +193,7 @@ pub async fn declare_handler(
             .await
             .map_err(WorkerError::broker(format!(
                 "bind `{}` to `{}` with `{}`",
-                names.work, config.exchange, spec.event_type
+                names.work, broker.exchange, spec.event_type
             )))?;
     }
     channel
@@ -212,8 +212,8 @@ pub async fn declare_handler(
         // Quorum delay queues dead-letter at least once (the broker keeps the copy until the work
         // queue has it); classic ones only at most once, which lost copies across broker restarts
         // in the chaos soak.
-        let mut args = queue_type_args(config.queue_type);
-        if config.queue_type == QueueType::Quorum {
+        let mut args = queue_type_args(broker.queue_type);
+        if broker.queue_type == QueueType::Quorum {
             args.insert(
                 ShortString::from("x-dead-letter-strategy"),
                 text("at-least-once"),
@@ -243,7 +243,7 @@ pub async fn declare_handler(
 /// queue `h` is not bound to the events exchange (it only takes replays). Idempotent.
 async fn declare_partitions(
     channel: &Channel,
-    config: &WorkerConfig,
+    broker: &BrokerSettings,
     spec: &HandlerSpec,
     partitioning: &Partitioning,
     names: &QueueNames,
@@ -266,7 +266,7 @@ async fn declare_partitions(
     channel
         .exchange_bind(
             exchange.as_str().into(),
-            config.exchange.as_str().into(),
+            broker.exchange.as_str().into(),
             spec.event_type.into(),
             ExchangeBindOptions::default(),
             FieldTable::default(),
@@ -274,11 +274,11 @@ async fn declare_partitions(
         .await
         .map_err(WorkerError::broker(format!(
             "bind `{exchange}` to `{}` with `{}`",
-            config.exchange, spec.event_type
+            broker.exchange, spec.event_type
         )))?;
     for k in 0..partitioning.partitions {
         let queue = names.partition(k);
-        let mut args = work_queue_args(config, names);
+        let mut args = work_queue_args(broker, names);
         args.insert(
             ShortString::from("x-single-active-consumer"),
             AMQPValue::Boolean(true),
@@ -312,14 +312,14 @@ async fn declare_partitions(
     channel
         .queue_unbind(
             names.work.as_str().into(),
-            config.exchange.as_str().into(),
+            broker.exchange.as_str().into(),
             spec.event_type.into(),
             FieldTable::default(),
         )
         .await
         .map_err(WorkerError::broker(format!(
             "unbind `{}` from `{}`",
-            names.work, config.exchange
+            names.work, broker.exchange
         )))?;
     Ok(())
 }
@@ -342,11 +342,11 @@ fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerE
 /// Checks that every name of the topology fits an AMQP short string (255 bytes): the exchange and
 /// each handler's queues, hash exchange and binding key. lapin panics on a longer one, so a long
 /// prefix fails at start, before connecting.
-pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
+pub(crate) fn check_names(broker: &BrokerSettings, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
     let fits = WorkerError::check_name;
-    fits("exchange", &config.exchange)?;
+    fits("exchange", &broker.exchange)?;
     for spec in specs {
-        let names = QueueNames::new(config, spec.name);
+        let names = QueueNames::new(broker, spec.name);
         fits("event type (binding key)", spec.event_type)?;
         fits("work queue", &names.work)?;
         fits("dead-letter queue", &names.dlq)?;
@@ -365,8 +365,8 @@ pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Resul
 }
 
 /// Whether each handler has a delivery-limit queue: only a quorum work queue counts deliveries.
-pub(crate) fn has_delivery_limit_queue(config: &WorkerConfig) -> bool {
-    config.queue_type == QueueType::Quorum && config.delivery_limit.is_some()
+pub(crate) fn has_delivery_limit_queue(broker: &BrokerSettings) -> bool {
+    broker.queue_type == QueueType::Quorum && broker.delivery_limit.is_some()
 }
 
 /// How many delay queues a handler has: none for a partitioned handler, which retries in place.
@@ -384,11 +384,11 @@ mod tests {
 
     #[test]
     fn names() {
-        let config = WorkerConfig {
+        let broker = BrokerSettings {
             queue_prefix: "t1.".into(),
             ..Default::default()
         };
-        let names = QueueNames::new(&config, "charge-on-order-placed");
+        let names = QueueNames::new(&broker, "charge-on-order-placed");
         assert_eq!(names.work, "t1.charge-on-order-placed");
         assert_eq!(names.dlq, "t1.charge-on-order-placed.dlq");
         assert_eq!(names.delay(3), "t1.charge-on-order-placed.retry.3");

@@ -20,6 +20,7 @@ use crate::consume::{Plan, Source};
 use crate::error::WorkerError;
 use crate::runner::Stop;
 use crate::session::{self, Blueprint, Leftovers};
+use crate::settings::{BrokerSettings, Settings};
 use crate::topology::{self, QueueNames};
 
 /// How often old dedup rows are pruned.
@@ -34,7 +35,7 @@ impl Worker {
     pub fn builder() -> WorkerBuilder {
         WorkerBuilder {
             registry: Registry::new(),
-            config: None,
+            settings: None,
             migrator: None,
             observers: Vec::new(),
             demo: None,
@@ -46,7 +47,8 @@ impl Worker {
 /// Collects handlers and settings, then starts the worker.
 pub struct WorkerBuilder {
     registry: Registry,
-    config: Option<WorkerConfig>,
+    /// `None`: read from the environment at start.
+    settings: Option<Settings>,
     migrator: Option<Migrator>,
     observers: Vec<Arc<dyn Observer>>,
     demo: Option<crate::demo::DemoHook>,
@@ -58,7 +60,7 @@ impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerBuilder")
             .field("handlers", &self.registry)
-            .field("config", &self.config)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -70,9 +72,23 @@ impl WorkerBuilder {
         self
     }
 
-    /// Uses this configuration instead of reading the environment.
+    /// Uses these settings instead of reading the environment.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// Uses this core configuration instead of reading the environment; the parts not given in
+    /// code (see [`WorkerBuilder::broker`]) keep their defaults.
     pub fn config(mut self, config: WorkerConfig) -> Self {
-        self.config = Some(config);
+        self.settings.get_or_insert_with(Settings::default).worker = config;
+        self
+    }
+
+    /// Uses these broker settings instead of reading the environment; the parts not given in
+    /// code (see [`WorkerBuilder::config`]) keep their defaults.
+    pub fn broker(mut self, broker: BrokerSettings) -> Self {
+        self.settings.get_or_insert_with(Settings::default).broker = broker;
         self
     }
 
@@ -89,8 +105,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Runs the outbox relay (see [`crate::relay`]) in this worker, with settings from the
-    /// `WORKER_OUTBOX_*` variables (`WORKER_OUTBOX=false` turns it off again, e.g. when relays
+    /// Runs the outbox relay (see [`crate::relay`]) in this worker, with the outbox part of the
+    /// settings (the `WORKER_OUTBOX_*` variables when they come from the environment;
+    ///  (`WORKER_OUTBOX=false` turns it off again, e.g. when relays
     /// run as their own processes).
     pub fn outbox(mut self) -> Self {
         self.outbox = Some(None);
@@ -109,12 +126,12 @@ impl WorkerBuilder {
     /// Installs the log and trace pipeline first (see
     /// [`worker_core::telemetry::logging`]) unless the application installed a subscriber.
     pub async fn serve(mut self) -> Result<(), WorkerError> {
-        let config = match self.config.take() {
-            Some(config) => config,
-            None => WorkerConfig::from_env()?,
+        let settings = match self.settings.take() {
+            Some(settings) => settings,
+            None => Settings::from_env()?,
         };
-        let _telemetry = worker_core::telemetry::logging::init(&config.consumer);
-        self.config = Some(config);
+        let _telemetry = worker_core::telemetry::logging::init(&settings.worker.consumer);
+        self.settings = Some(settings);
         let mut worker = self.start().await?;
         tokio::select! {
             _ = worker_core::shutdown::signal() => {}
@@ -136,18 +153,17 @@ impl WorkerBuilder {
     /// handler's consumer is running.
     pub async fn start(self) -> Result<RunningWorker, WorkerError> {
         self.registry.validate()?;
-        let config = match self.config {
-            Some(config) => config,
-            None => WorkerConfig::from_env()?,
+        let settings = match self.settings {
+            Some(settings) => settings,
+            None => Settings::from_env()?,
         };
-        let specs = self
-            .registry
-            .handlers()
-            .iter()
-            .map(|h| config.resolve(&h.spec()))
-            .collect::<Result<Vec<_>, _>>()?;
-        check_names(&config, &specs)?;
-        let outbox = crate::relay::resolve(self.outbox)?;
+        let specs = resolve_specs(&self.registry, &settings)?;
+        let outbox = crate::relay::resolve(self.outbox, &settings);
+        let Settings {
+            worker: config,
+            broker,
+            ..
+        } = settings;
         if let Some(longest) = specs
             .iter()
             .filter(|s| s.dedup)
@@ -190,7 +206,7 @@ impl WorkerBuilder {
 
         let names: Vec<QueueNames> = specs
             .iter()
-            .map(|spec| QueueNames::new(&config, spec.name))
+            .map(|spec| QueueNames::new(&broker, spec.name))
             .collect();
         let runtime = Runtime {
             pool: pool.clone(),
@@ -220,6 +236,7 @@ impl WorkerBuilder {
                 .map(|((h, s), n)| (h, s, n))
                 .collect(),
             config: config.clone(),
+            broker: broker.clone(),
             runtime,
             stop: stop.clone(),
             health: Arc::clone(&health),
@@ -228,9 +245,9 @@ impl WorkerBuilder {
         let session = blueprint.open().await?;
         let supervisor = tokio::spawn(session::supervise(blueprint, session));
         let pruner = tokio::spawn(prune_forever(pool.clone(), dedup, config.dedup_retention));
-        let relay = outbox.map(|settings| crate::relay::spawn(pool.clone(), &config, settings));
+        let relay = outbox.map(|settings| crate::relay::spawn(pool.clone(), &config, &broker, settings));
         tracing::info!(
-            amqp = %redact_url(&config.amqp_url),
+            amqp = %redact_url(&broker.url),
             database = %redact_url(&config.database_url),
             handlers = ?self.registry,
             "worker started"
@@ -248,15 +265,38 @@ impl WorkerBuilder {
     }
 }
 
+/// The specs the handlers run with under `settings`, with every name checked (see
+/// [`check_names`]); warns about `WORKER_HANDLER_<NAME>_*` variables that name no handler.
+pub(crate) fn resolve_specs(
+    registry: &Registry,
+    settings: &Settings,
+) -> Result<Vec<HandlerSpec>, WorkerError> {
+    let specs = registry
+        .handlers()
+        .iter()
+        .map(|h| settings.worker.resolve(&h.spec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_names(settings, &specs)?;
+    let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+    for unknown in settings.worker.unknown_handler_vars(&names) {
+        tracing::warn!(
+            variables = %unknown,
+            handlers = ?names,
+            "these variables name no handler of this worker and are ignored"
+        );
+    }
+    Ok(specs)
+}
+
 /// Checks that every name the worker hands the broker fits an AMQP short string (255 bytes): the
 /// topology's (see [`topology::check_names`]) and the session's consumer tags. lapin panics on a
 /// longer one, so a long prefix or consumer name fails here, before connecting.
-pub(crate) fn check_names(config: &WorkerConfig, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
-    topology::check_names(config, specs)?;
+pub(crate) fn check_names(settings: &Settings, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
+    topology::check_names(&settings.broker, specs)?;
     for spec in specs {
-        let names = QueueNames::new(config, spec.name);
-        for source in Source::of(config, spec) {
-            let plan = Plan::new(source, config, spec, &names);
+        let names = QueueNames::new(&settings.broker, spec.name);
+        for source in Source::of(&settings.broker, spec) {
+            let plan = Plan::new(source, &settings.worker, spec, &names);
             WorkerError::check_name("consumer tag", &plan.tag)?;
         }
     }
@@ -434,10 +474,10 @@ impl WorkerBuilder {
         &self,
     ) -> (
         &Registry,
-        Option<&WorkerConfig>,
+        Option<&Settings>,
         Option<&crate::demo::DemoHook>,
     ) {
-        (&self.registry, self.config.as_ref(), self.demo.as_ref())
+        (&self.registry, self.settings.as_ref(), self.demo.as_ref())
     }
 }
 
@@ -447,16 +487,20 @@ mod tests {
 
     use super::check_names;
     use crate::error::WorkerError;
+    use crate::settings::{BrokerSettings, Settings};
 
     #[test]
     fn names_over_255_bytes_are_refused_before_connecting() {
         let spec = HandlerSpec::new("charge-on-order-placed", "OrderPlaced");
-        let config = WorkerConfig::default();
-        assert!(check_names(&config, std::slice::from_ref(&spec)).is_ok());
+        let settings = Settings::default();
+        assert!(check_names(&settings, std::slice::from_ref(&spec)).is_ok());
 
-        let long_prefix = WorkerConfig {
-            queue_prefix: "p".repeat(240),
-            ..WorkerConfig::default()
+        let long_prefix = Settings {
+            broker: BrokerSettings {
+                queue_prefix: "p".repeat(240),
+                ..BrokerSettings::default()
+            },
+            ..Settings::default()
         };
         let error = check_names(&long_prefix, std::slice::from_ref(&spec)).expect_err("too long");
         assert!(
@@ -466,16 +510,22 @@ mod tests {
         assert!(error.to_string().contains("WORKER_QUEUE_PREFIX"), "{error}");
 
         // The consumer tag is the consumer name, the handler name and the pid.
-        let long_consumer = WorkerConfig {
-            consumer: "c".repeat(230),
-            ..WorkerConfig::default()
+        let long_consumer = Settings {
+            worker: WorkerConfig {
+                consumer: "c".repeat(230),
+                ..WorkerConfig::default()
+            },
+            ..Settings::default()
         };
         let error = check_names(&long_consumer, &[spec]).expect_err("too long");
         assert!(error.to_string().contains("consumer tag"), "{error}");
 
-        let long_exchange = WorkerConfig {
-            exchange: "e".repeat(256),
-            ..WorkerConfig::default()
+        let long_exchange = Settings {
+            broker: BrokerSettings {
+                exchange: "e".repeat(256),
+                ..BrokerSettings::default()
+            },
+            ..Settings::default()
         };
         assert!(check_names(&long_exchange, &[]).is_err());
     }

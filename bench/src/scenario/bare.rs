@@ -24,7 +24,7 @@ pub async fn run(
     recorder: &Arc<Recorder>,
     timeout: Duration,
 ) -> Result<(), BoxError> {
-    let connection = connect(&namespace.config.amqp_url, "worker-bench-bare").await?;
+    let connection = connect(&namespace.broker.url, "worker-bench-bare").await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(args.in_flight, BasicQosOptions::default())

@@ -92,6 +92,7 @@ pub async fn run(
     let transactions = Transactions::default();
     let builder = Worker::builder()
         .config(namespace.config.clone())
+        .broker(namespace.broker.clone())
         .observer(Timing(Arc::clone(recorder)))
         .observer(transactions.clone());
     let builder = match scenario {

@@ -30,7 +30,7 @@ pub async fn run(
     let in_flight = usize::from(args.in_flight);
     // One connection per delivery in flight, as many as PostgreSQL comfortably gives a client.
     let pool = namespace.pool(u32::from(args.in_flight).min(64)).await?;
-    let connection = connect(&namespace.config.amqp_url, "worker-bench-hand").await?;
+    let connection = connect(&namespace.broker.url, "worker-bench-hand").await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(args.in_flight, BasicQosOptions::default())

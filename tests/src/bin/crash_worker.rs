@@ -2,8 +2,8 @@
 //! environment, and with `CRASH_AFTER_COMMIT=1` aborts the process right after the first dedup
 //! transaction commits, before the delivery is acked.
 
-use worker_core::{Observer, WorkerConfig};
-use worker_rabbitmq::Worker;
+use worker_core::Observer;
+use worker_rabbitmq::{Settings, Worker};
 use worker_tests::handlers::scripted;
 use worker_tests::TestEnv;
 
@@ -18,11 +18,11 @@ impl Observer for AbortAfterCommit {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = WorkerConfig::from_env()?;
+    let settings = Settings::from_env()?;
     let builder = Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
-        .config(config);
+        .settings(settings);
     let builder = if std::env::var("CRASH_AFTER_COMMIT").as_deref() == Ok("1") {
         builder.observer(AbortAfterCommit)
     } else {

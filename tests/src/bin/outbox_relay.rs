@@ -2,9 +2,8 @@
 //! with `OUTBOX_CRASH_AFTER_PUBLISH=1` it aborts right after the broker confirmed the first
 //! event, before its row is marked published.
 
-use worker_core::outbox::{OutboxSettings, RelayObserver};
-use worker_core::WorkerConfig;
-use worker_rabbitmq::Relay;
+use worker_core::outbox::RelayObserver;
+use worker_rabbitmq::{Relay, Settings};
 
 struct AbortAfterPublish;
 
@@ -17,8 +16,8 @@ impl RelayObserver for AbortAfterPublish {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = WorkerConfig::from_env()?;
-    let builder = Relay::builder(config).settings(OutboxSettings::from_env()?);
+    let settings = Settings::from_env()?;
+    let builder = Relay::builder(settings.worker, settings.broker).settings(settings.outbox);
     let builder = if std::env::var("OUTBOX_CRASH_AFTER_PUBLISH").as_deref() == Ok("1") {
         builder.observer(AbortAfterPublish)
     } else {

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::config::{parse_duration, ConfigError};
+use crate::config::{parse_bool, parse_duration, ConfigError, Variables};
 
 /// The relay's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,32 +43,24 @@ impl Default for OutboxSettings {
 }
 
 impl OutboxSettings {
-    /// The settings from `WORKER_OUTBOX_*` variables; unset ones keep their defaults.
+    /// The settings from `WORKER_OUTBOX_*` variables of the environment; unset ones keep their
+    /// defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&Variables::from_env())
+    }
+
+    /// The settings from `WORKER_OUTBOX_*` variables in `vars`; unset ones keep their defaults.
+    pub fn from_vars(vars: &Variables) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let duration = |var: &str, default: Duration| -> Result<Duration, ConfigError> {
-            match read(var) {
-                None => Ok(default),
-                Some(value) => parse_duration(&value).map_err(|reason| ConfigError::Invalid {
-                    var: var.into(),
-                    value,
-                    reason,
-                }),
-            }
+            Ok(vars.parse(var, parse_duration)?.unwrap_or(default))
         };
-        let batch_size = match read("WORKER_OUTBOX_BATCH_SIZE") {
-            None => defaults.batch_size,
-            Some(value) => match value.parse::<u32>() {
-                Ok(n) if (1..=10_000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        var: "WORKER_OUTBOX_BATCH_SIZE".into(),
-                        value,
-                        reason: "expected a whole number from 1 to 10000".into(),
-                    })
-                }
-            },
-        };
+        let batch_size = vars
+            .parse("WORKER_OUTBOX_BATCH_SIZE", |value| match value.parse::<u32>() {
+                Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+                _ => Err("expected a whole number from 1 to 10000".into()),
+            })?
+            .unwrap_or(defaults.batch_size);
         let settings = Self {
             batch_size,
             poll_interval: duration("WORKER_OUTBOX_POLL_INTERVAL", defaults.poll_interval)?,
@@ -87,20 +79,9 @@ impl OutboxSettings {
         Ok(settings)
     }
 
-    /// `WORKER_OUTBOX`: `Some(true)` or `Some(false)` when set, `None` when not.
-    pub fn switch_from_env() -> Result<Option<bool>, ConfigError> {
-        match read("WORKER_OUTBOX") {
-            None => Ok(None),
-            Some(value) => match value.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(Some(true)),
-                "0" | "false" | "no" | "off" => Ok(Some(false)),
-                _ => Err(ConfigError::Invalid {
-                    var: "WORKER_OUTBOX".into(),
-                    value,
-                    reason: "expected true or false".into(),
-                }),
-            },
-        }
+    /// `WORKER_OUTBOX` in `vars`: `Some(true)` or `Some(false)` when set, `None` when not.
+    pub fn switch_from_vars(vars: &Variables) -> Result<Option<bool>, ConfigError> {
+        vars.parse("WORKER_OUTBOX", parse_bool)
     }
 
     /// The pause before the next publish of a row that failed `failures` times.
@@ -108,13 +89,6 @@ impl OutboxSettings {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
         self.retry_base.saturating_mul(factor).min(self.retry_cap)
     }
-}
-
-fn read(var: &str) -> Option<String> {
-    std::env::var(var)
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

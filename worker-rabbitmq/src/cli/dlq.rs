@@ -62,7 +62,7 @@ async fn hold(
         if !filter.handlers.is_empty() && !filter.handlers.iter().any(|h| h == spec.name) {
             continue;
         }
-        let names = QueueNames::new(&setup.config, spec.name);
+        let names = QueueNames::new(&setup.broker, spec.name);
         let queue = HeldQueue::hold(connection, &names.dlq).await?;
         held.push(Held {
             handler: spec.name,

@@ -7,7 +7,6 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::json;
-use worker_core::config::QueueType;
 use worker_core::partition::PARTITION_KEY_HEADER;
 
 use super::args::TopologyArgs;
@@ -17,6 +16,7 @@ use crate::connection::connect;
 use crate::demo::DemoPublisher;
 use crate::error::WorkerError;
 use crate::publisher::Publisher;
+use crate::settings::QueueType;
 use crate::topology::{self, QueueNames};
 use crate::WorkerBuilder;
 
@@ -70,7 +70,7 @@ async fn wait_until_consuming(connection: &Connection, setup: &Setup) {
     loop {
         let mut ready = true;
         for spec in &setup.specs {
-            let names = QueueNames::new(&setup.config, spec.name);
+            let names = QueueNames::new(&setup.broker, spec.name);
             // A partitioned handler consumes its partition queues too (a passive declare counts
             // the active consumer of a single-active-consumer queue).
             let partitions = spec.partition.map_or(0, |p| p.partitions);
@@ -100,7 +100,7 @@ async fn wait_until_consuming(connection: &Connection, setup: &Setup) {
 }
 
 pub(super) async fn open(setup: &Setup) -> Result<Connection, WorkerError> {
-    connect(&setup.config, &format!("{}-cli", setup.config.consumer)).await
+    connect(&setup.broker, &format!("{}-cli", setup.config.consumer)).await
 }
 
 fn no_demo() -> CliError {
@@ -125,7 +125,7 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
             .specs
             .iter()
             .map(|s| {
-                let names = QueueNames::new(&setup.config, s.name);
+                let names = QueueNames::new(&setup.broker, s.name);
                 json!({
                     "name": s.name,
                     "eventType": s.event_type,
@@ -157,7 +157,7 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
         .specs
         .iter()
         .map(|s| {
-            let names = QueueNames::new(&setup.config, s.name);
+            let names = QueueNames::new(&setup.broker, s.name);
             let queue = match s.partition {
                 Some(p) => format!("{}…p{}", names.partition(0), p.partitions.saturating_sub(1)),
                 None => names.work,
@@ -200,7 +200,7 @@ pub(super) async fn topology(
     args: TopologyArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
-    let config = &setup.config;
+    let config = &setup.broker;
     let work_type = match config.queue_type {
         QueueType::Quorum => "quorum",
         QueueType::Classic => "classic",
@@ -347,9 +347,9 @@ pub(super) async fn declare(connection: &Connection, setup: &Setup) -> Result<()
         .create_channel()
         .await
         .map_err(WorkerError::broker("open a channel"))?;
-    topology::declare_exchange(&channel, &setup.config).await?;
+    topology::declare_exchange(&channel, &setup.broker).await?;
     for spec in &setup.specs {
-        topology::declare_handler(&channel, &setup.config, spec).await?;
+        topology::declare_handler(&channel, &setup.broker, spec).await?;
     }
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
@@ -375,7 +375,7 @@ async fn publish_demo(
     let hook = setup.demo.clone().ok_or_else(no_demo)?;
     declare(connection, setup).await?;
     let publisher = Arc::new(Publisher::new(Arc::clone(connection)));
-    let events = DemoPublisher::new(publisher, setup.config.exchange.clone());
+    let events = DemoPublisher::new(publisher, setup.broker.exchange.clone());
     let advice: String = hook(events.clone()).await.map_err(CliError::from)?;
     let published = events.published();
     if json {
@@ -389,7 +389,7 @@ async fn publish_demo(
         &format!(
             "demo: published {} events to `{}`",
             published.len(),
-            setup.config.exchange
+            setup.broker.exchange
         ),
     ));
     let rows: Vec<_> = published

@@ -12,11 +12,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use worker_core::config::ConfigError;
+use worker_core::outbox::OutboxSettings;
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use crate::demo::{DemoError, DemoHook};
 use crate::dlq::DlqError;
 use crate::error::WorkerError;
+use crate::settings::{BrokerSettings, Settings};
 use crate::WorkerBuilder;
 use args::{Cli, Command};
 pub(crate) use format::Console;
@@ -89,29 +91,42 @@ impl CliError {
 /// What every command needs to know about the worker.
 pub(crate) struct Setup {
     pub(crate) config: WorkerConfig,
+    pub(crate) broker: BrokerSettings,
+    pub(crate) outbox: OutboxSettings,
+    pub(crate) outbox_switch: Option<bool>,
     pub(crate) specs: Vec<HandlerSpec>,
     pub(crate) demo: Option<DemoHook>,
 }
 
 impl Setup {
     fn new(builder: &WorkerBuilder) -> Result<Self, CliError> {
-        let (registry, config, demo) = builder.cli_parts();
+        let (registry, settings, demo) = builder.cli_parts();
         registry.validate().map_err(WorkerError::from)?;
-        let config = match config {
-            Some(config) => config.clone(),
-            None => WorkerConfig::from_env()?,
+        let settings = match settings {
+            Some(settings) => settings.clone(),
+            None => Settings::from_env()?,
         };
-        let specs = registry
-            .handlers()
-            .iter()
-            .map(|h| config.resolve(&h.spec()))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::worker::check_names(&config, &specs)?;
+        let specs = crate::worker::resolve_specs(registry, &settings)?;
         Ok(Self {
-            config,
+            config: settings.worker,
+            broker: settings.broker,
+            outbox: settings.outbox,
+            outbox_switch: settings.outbox_switch,
             specs,
             demo: demo.cloned(),
         })
+    }
+}
+
+impl Setup {
+    /// The settings this command runs with (read once, in [`Setup::new`]).
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            worker: self.config.clone(),
+            broker: self.broker.clone(),
+            outbox: self.outbox.clone(),
+            outbox_switch: self.outbox_switch,
+        }
     }
 }
 
@@ -167,15 +182,18 @@ async fn dispatch(
 ) -> Result<u8, CliError> {
     let setup = Setup::new(&builder)?;
     match command {
-        Command::Run(args) => inspect::run(builder, setup, args.demo, console).await,
+        // The settings already read, so the worker does not read the environment again.
+        Command::Run(args) => {
+            let builder = builder.settings(setup.settings());
+            inspect::run(builder, setup, args.demo, console).await
+        }
         Command::Handlers(args) => inspect::handlers(&setup, args.json, console),
         Command::Topology(args) => inspect::topology(&setup, args, console).await,
         Command::Demo(args) => inspect::demo(&setup, args.json, console).await,
         Command::Dlq(command) => dlq::run(&setup, command, console).await,
         Command::Outbox(args::OutboxCommand::Relay) => {
-            let settings = worker_core::outbox::OutboxSettings::from_env()?;
             let _telemetry = worker_core::telemetry::logging::init(&setup.config.consumer);
-            crate::relay::Relay::run(setup.config, settings).await?;
+            crate::relay::Relay::run(setup.settings()).await?;
             Ok(0)
         }
     }

@@ -31,6 +31,7 @@ use crate::convert;
 use crate::deaths;
 use crate::error::WorkerError;
 use crate::runner::Runner;
+use crate::settings::BrokerSettings;
 use crate::topology::{self, QueueNames};
 
 use batched::{Batched, Batching};
@@ -50,9 +51,9 @@ pub(crate) enum Source {
 
 impl Source {
     /// The queues of `spec` that get a consumer, in the order they are started.
-    pub(crate) fn of(config: &WorkerConfig, spec: &HandlerSpec) -> impl Iterator<Item = Source> {
+    pub(crate) fn of(broker: &BrokerSettings, spec: &HandlerSpec) -> impl Iterator<Item = Source> {
         let partitions = spec.partition.map_or(0, |p| p.partitions);
-        topology::has_delivery_limit_queue(config)
+        topology::has_delivery_limit_queue(broker)
             .then_some(Source::DeliveryLimit)
             .into_iter()
             .chain((0..partitions).map(Source::Partition))
