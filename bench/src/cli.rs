@@ -1,7 +1,7 @@
 //! The command line.
 
 use clap::{Parser, ValueEnum};
-use worker_core::config::DEFAULT_DATABASE_URL;
+use worker_core::transport::config::DEFAULT_DATABASE_URL;
 use worker_rabbitmq::settings::DEFAULT_AMQP_URL;
 
 /// Measures the framework against bare lapin and a hand-written lapin + sqlx consumer.

@@ -20,8 +20,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use worker_core::config::DEFAULT_DATABASE_URL;
-use worker_core::dedup::identifier::Identifier;
+use worker_core::transport::config::DEFAULT_DATABASE_URL;
+use worker_core::transport::dedup::Identifier;
 use worker_core::{DeadLetterRecord, RetryOverrides, WorkerConfig};
 use worker_rabbitmq::settings::DEFAULT_AMQP_URL;
 use worker_rabbitmq::{BrokerSettings, Settings};
@@ -371,7 +371,7 @@ pub type Settlement = (String, Option<String>, &'static str, bool);
 pub struct Outcomes(pub std::sync::Arc<std::sync::Mutex<Vec<Settlement>>>);
 
 impl worker_core::Observer for Outcomes {
-    fn settled(&self, s: &worker_core::observer::Settlement<'_>) {
+    fn settled(&self, s: &worker_core::Settlement<'_>) {
         self.0.lock().expect("not poisoned").push((
             s.handler.into(),
             s.event_id.map(Into::into),

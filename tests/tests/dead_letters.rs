@@ -5,7 +5,8 @@ use chrono::Utc;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use serde_json::json;
-use worker_core::{ErrorKind, HeaderValue};
+use worker_core::transport::message::HeaderValue;
+use worker_core::ErrorKind;
 use worker_tests::handlers::scripted;
 use worker_tests::{eventually, text, TestEnv};
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
-use worker_core::dedup::identifier::Identifier;
-use worker_core::migrations::{self, Applied, MigrationError, FRAMEWORK};
+use worker_core::transport::dedup::Identifier;
+use worker_core::transport::migrations::{self, Applied, MigrationError, FRAMEWORK};
 use worker_tests::handlers::scripted;
 use worker_tests::{database_url, TestEnv};
 
@@ -389,10 +389,10 @@ async fn a_newer_component_stops_the_run_before_any_other_component_is_applied()
     let env = TestEnv::new().await;
     // Only the outbox is migrated; the versioning component, last in FRAMEWORK, is recorded at a
     // version this code does not know.
-    worker_core::outbox::migrate(&env.pool, &schema(&env))
+    worker_core::transport::outbox::migrate(&env.pool, &schema(&env))
         .await
         .expect("migrate the outbox alone");
-    let known = worker_core::versioning::migrations::COMPONENT.latest();
+    let known = worker_core::transport::versioning::COMPONENT.latest();
     sqlx::query(&format!(
         "INSERT INTO \"{}\".worker_schema_migrations (component, version, description) VALUES ('versioning', $1, 'from a newer release')",
         env.id

@@ -14,7 +14,8 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, ExchangeKind};
 use serde_json::json;
-use worker_core::outbox::{Outbox, OutboxEvent, OutboxSettings, OutboxTable};
+use worker_core::transport::outbox::OutboxTable;
+use worker_core::{Outbox, OutboxEvent, OutboxSettings};
 use worker_rabbitmq::Relay;
 use worker_tests::handlers::scripted;
 use worker_tests::{eventually, text, Outcomes, TestEnv, PATIENCE};
@@ -99,7 +100,7 @@ async fn take_all(env: &TestEnv, queue: &str) -> Vec<(String, BasicProperties, V
 }
 
 async fn migrate(env: &TestEnv) {
-    worker_core::outbox::migrate(&env.pool, &env.config.db_schema)
+    worker_core::transport::outbox::migrate(&env.pool, &env.config.db_schema)
         .await
         .expect("outbox migration");
 }
@@ -525,7 +526,7 @@ async fn an_event_amqp_cannot_carry_is_refused_at_enqueue() {
     ] {
         let error = Outbox::enqueue(&mut tx, event).await.expect_err("refused");
         assert!(
-            matches!(error, worker_core::outbox::EnqueueError::Invalid { .. }),
+            matches!(error, worker_core::EnqueueError::Invalid { .. }),
             "{error}"
         );
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use worker_core::config::HandlerOverrides;
+use worker_core::HandlerOverrides;
 use worker_core::RetryOverrides;
 use worker_tests::handlers::{scripted, scripted_plain};
 use worker_tests::{eventually, TestEnv};

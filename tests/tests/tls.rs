@@ -114,8 +114,9 @@ async fn the_worker_presents_its_client_certificate_to_a_broker_that_requires_on
     assert!(error.contains("cannot connect to RabbitMQ"), "{error}");
 
     env.broker.tls.client_identity = Some(pki.path("client.p12"));
-    env.broker.tls.client_identity_password =
-        Some(worker_core::config::Secret(CLIENT_IDENTITY_PASSWORD.into()));
+    env.broker.tls.client_identity_password = Some(worker_core::transport::config::Secret(
+        CLIENT_IDENTITY_PASSWORD.into(),
+    ));
     assert!(
         !format!("{:?}", env.settings()).contains(CLIENT_IDENTITY_PASSWORD),
         "the password never shows in Debug output"

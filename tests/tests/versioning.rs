@@ -6,7 +6,8 @@ use rand::seq::SliceRandom;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgConnection;
-use worker_core::versioning::{applied_version, apply_if_newer, Freshness};
+use worker_core::transport::versioning::applied_version;
+use worker_core::{apply_if_newer, Freshness};
 use worker_core::{handler, Context, HandlerError};
 use worker_tests::{eventually, TestEnv};
 
@@ -153,7 +154,7 @@ async fn shuffled_versions_end_at_the_latest_and_never_go_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freshness_verdicts_per_handler_and_entity() {
     let env = TestEnv::new().await;
-    worker_core::versioning::migrate(&env.pool, &env.config.db_schema)
+    worker_core::transport::versioning::migrate(&env.pool, &env.config.db_schema)
         .await
         .expect("migration");
     let mut tx = env.pool.begin().await.expect("begin");

@@ -11,16 +11,13 @@ use std::sync::Arc;
 use chrono::Utc;
 use criterion::{criterion_main, Criterion, Throughput};
 use sqlx::postgres::PgPoolOptions;
-use worker_core::dead_letter::record::{FailureMetadata, OriginalMessage};
-use worker_core::dedup::identifier::Identifier;
-use worker_core::observer::NoopObserver;
-use worker_core::pipeline::envelope::Envelope;
-use worker_core::pipeline::{self, Runtime};
+use worker_core::transport::dead_letter::{FailureMetadata, OriginalMessage};
+use worker_core::transport::dedup::{DedupStore, Identifier};
+use worker_core::transport::message::HeaderValue;
+use worker_core::transport::observer::NoopObserver;
+use worker_core::transport::pipeline::{self, Disposition, Envelope, Runtime};
 use worker_core::transport::CoreSpans;
-use worker_core::{
-    handler, DeadLetterRecord, DedupStore, Disposition, ErrorKind, Handler, HandlerError,
-    HeaderValue, InboundMessage,
-};
+use worker_core::{handler, DeadLetterRecord, ErrorKind, Handler, HandlerError, InboundMessage};
 
 /// The benchmark's event, shaped like the `worker-bench` payload (~200 bytes of JSON).
 #[derive(Debug, serde::Deserialize)]
@@ -113,7 +110,7 @@ fn decoding(c: &mut Criterion) {
     });
     group.bench_function("payload", |b| {
         b.iter(|| {
-            pipeline::decode::payload::<OrderPlaced>(black_box(&message.body), "OrderPlaced")
+            pipeline::payload::<OrderPlaced>(black_box(&message.body), "OrderPlaced")
                 .expect("decodes")
         })
     });

@@ -435,7 +435,9 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
 }
 
 /// A whole number of at least 1.
-pub fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(value: &str) -> Result<T, String> {
+pub fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(
+    value: &str,
+) -> Result<T, String> {
     match value.parse::<T>() {
         Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err("expected a whole number of at least 1".into()),
@@ -586,8 +588,15 @@ mod tests {
         let spec = config
             .resolve(&HandlerSpec::new("charge-on-order-placed", "OrderPlaced"))
             .unwrap();
-        assert_eq!(spec.retry.max_attempts, 5, "the variable wins over the code");
-        assert_eq!(spec.retry.jitter, Duration::from_millis(7), "the code fills the rest");
+        assert_eq!(
+            spec.retry.max_attempts, 5,
+            "the variable wins over the code"
+        );
+        assert_eq!(
+            spec.retry.jitter,
+            Duration::from_millis(7),
+            "the code fills the rest"
+        );
         assert_eq!(spec.retry.base, Duration::from_millis(20));
         assert_eq!(spec.concurrency, 3);
         assert_eq!(
@@ -601,7 +610,9 @@ mod tests {
         let vars = Variables::new([("WORKER_HANDLER_SEND_RECEIPT_CONCURENCY", "4")]);
         let message = WorkerConfig::from_vars(&vars).unwrap_err().to_string();
         assert!(
-            message.starts_with("WORKER_HANDLER_SEND_RECEIPT_CONCURENCY=\"4\" is invalid: not a handler setting"),
+            message.starts_with(
+                "WORKER_HANDLER_SEND_RECEIPT_CONCURENCY=\"4\" is invalid: not a handler setting"
+            ),
             "{message}"
         );
         let vars = Variables::new([("WORKER_HANDLER_SEND_RECEIPT_RETRY_CAP", "soon")]);

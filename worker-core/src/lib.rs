@@ -30,42 +30,48 @@
 //! ```
 //!
 //! The runtime decodes each delivery, inserts the dedup row and runs the handler in one Postgres
-//! transaction, and tells the transport how to settle the delivery ([`Disposition`]): ack, publish a
-//! retry copy to the broker-side delay path, publish a [`DeadLetterRecord`], or give it back. A
-//! transport (a crate for one broker, see [`transport`]) carries the disposition out and acks only
-//! once the outcome is durable.
+//! transaction, and tells the transport how to settle the delivery
+//! ([`Disposition`](transport::pipeline::Disposition)): ack, publish a retry copy to the
+//! broker-side delay path, publish a [`DeadLetterRecord`], or give it back. A transport (a crate
+//! for one broker, see [`transport`]) carries the disposition out and acks only once the outcome
+//! is durable.
 
-pub mod config;
-pub mod context;
-pub mod dead_letter;
-pub mod dedup;
-pub mod handler;
-pub mod message;
-pub mod migrations;
-pub mod observer;
-pub mod outbox;
-pub mod partition;
-pub mod pipeline;
-pub mod registry;
-pub mod retry;
-pub mod shutdown;
-pub mod telemetry;
-pub mod trace_context;
+mod config;
+mod context;
+mod dead_letter;
+mod dedup;
+mod handler;
+mod message;
+mod migrations;
+mod observer;
+mod outbox;
+mod partition;
+mod pipeline;
+mod registry;
+mod retry;
+mod shutdown;
+mod telemetry;
+mod trace_context;
 pub mod transport;
-pub mod versioning;
+mod versioning;
 
-pub use config::{RetryOverrides, WorkerConfig};
+#[cfg(test)]
+mod envelope_fuzz;
+
+// What an application uses (the transport crate re-exports all of it, so an application depends on
+// one crate and writes one `use` line). The rest of the crate is for transports, behind
+// [`transport`].
+pub use config::{ConfigError, HandlerOverrides, RetryOverrides, WorkerConfig};
 pub use context::Context;
 pub use dead_letter::record::DeadLetterRecord;
-pub use dedup::store::DedupStore;
 pub use handler::error::{ErrorKind, HandlerError, Poison, ResultExt, Retryable};
-pub use handler::{Handler, HandlerSpec};
-pub use message::headers::{HeaderValue, Headers};
-pub use message::inbound::{InboundMessage, Properties};
-pub use observer::Observer;
-pub use pipeline::disposition::{Disposition, OutboundMessage};
-pub use registry::Registry;
+pub use handler::{BoxFuture, Handler, HandlerSpec};
+pub use message::inbound::InboundMessage;
+pub use observer::{Observer, Settlement};
+pub use outbox::{EnqueueError, Enqueued, Outbox, OutboxEvent, OutboxSettings, RelayObserver};
+pub use partition::Partitioning;
 pub use retry::policy::RetryPolicy;
+pub use versioning::{apply_if_newer, Freshness};
 
 /// Marks an async function as an event handler. See the crate docs and `worker-macros`.
 pub use worker_macros::handler;
@@ -74,7 +80,8 @@ pub use worker_macros::handler;
 /// API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{assert_event, BoxFuture};
+    pub use crate::handler::{assert_event, BoxFuture, DEFAULT_CONCURRENCY};
+    pub use crate::{Context, Handler, HandlerError, HandlerSpec, Partitioning, RetryPolicy};
     pub use serde::de::DeserializeOwned;
     pub use sqlx::PgConnection;
     pub use std::boxed::Box;

@@ -27,10 +27,10 @@
 //!
 //! ```no_run
 //! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use worker_core::dedup::identifier::Identifier;
+//! use worker_core::transport::dedup::Identifier;
 //!
 //! let schema = Identifier::new("worker")?;
-//! let applied = worker_core::migrations::run_framework(&pool, &schema).await?;
+//! let applied = worker_core::transport::migrations::run_framework(&pool, &schema).await?;
 //! println!("{} migrations applied", applied.len());
 //! # Ok(()) }
 //! ```

@@ -14,8 +14,8 @@ pub struct Settlement<'a> {
     /// The event id, when the delivery had one.
     pub event_id: Option<&'a str>,
     /// `ok`, `duplicate`, `retry`, `dead_letter`, `give_back` (see
-    /// [`Disposition::outcome_name`](crate::Disposition::outcome_name)) or `abandoned` (the
-    /// shutdown deadline passed while the handler ran).
+    /// [`Disposition::outcome_name`](crate::transport::pipeline::Disposition::outcome_name)) or
+    /// `abandoned` (the shutdown deadline passed while the handler ran).
     pub outcome: &'static str,
     /// For `dead_letter`: `poison`, or `retryable` when the attempts ran out.
     pub error_kind: Option<ErrorKind>,

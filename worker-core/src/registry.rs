@@ -19,7 +19,8 @@ pub trait ErasedHandler: Send + Sync + 'static {
         message: &'a InboundMessage,
     ) -> BoxFuture<'a, Disposition>;
     /// Runs the pipeline for several deliveries; for a dedup handler in one transaction (see
-    /// [`pipeline::batch`]). One disposition per message, in order.
+    /// [`process_batch`](crate::transport::pipeline::process_batch)). One disposition per message,
+    /// in order.
     fn process_batch<'a>(
         &'a self,
         spec: &'a HandlerSpec,

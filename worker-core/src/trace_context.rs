@@ -12,11 +12,11 @@ use crate::retry::attempts::{TRACE_ID_HEADER, WORKER_TRACEPARENT_HEADER};
 /// Header name of the W3C trace parent.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Header name of the W3C trace state.
-pub const TRACESTATE_HEADER: &str = "tracestate";
+pub(crate) const TRACESTATE_HEADER: &str = "tracestate";
 
 /// Where a trace id came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TraceOrigin {
+pub(crate) enum TraceOrigin {
     /// The producer's `traceparent` header.
     Producer,
     /// Started by the worker on an earlier attempt of the same event.
@@ -27,7 +27,7 @@ pub enum TraceOrigin {
 
 /// The trace a delivery belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceContext {
+pub(crate) struct TraceContext {
     /// 32 lowercase hex digits.
     pub trace_id: String,
     /// The parent span id (16 hex digits): the producer's, or the previous attempt's.
@@ -41,7 +41,7 @@ pub struct TraceContext {
 impl TraceContext {
     /// The trace of a delivery, from its headers. A malformed `traceparent` (or one of an
     /// unexpected header type) is ignored, as the W3C spec asks, and a new trace is started.
-    pub fn from_headers(headers: &Headers) -> Self {
+    pub(crate) fn from_headers(headers: &Headers) -> Self {
         let text = |name: &str| headers.get(name).and_then(HeaderValue::as_str);
         let tracestate = text(TRACESTATE_HEADER).map(str::to_owned);
         if let Some((trace_id, span_id)) =

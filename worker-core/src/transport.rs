@@ -4,10 +4,21 @@
 //! core never names the broker: the broker's own span attributes, header conventions and queue
 //! layout stay in the transport. This module is where the contract between the two lives.
 //!
-//! So far it holds the spans: the core opens a consumer span per delivery and a producer span per
-//! retry copy or dead letter, and the transport adds its attributes (such as `messaging.system`)
-//! through [`Spans`]. A delivery the broker dead-lettered past its delivery limit is handed to the
-//! core as a [`DeliveryLimitDeath`] (see [`delivery_limit_exceeded`]).
+//! An application never needs this module: what it uses is at the crate root (and re-exported by
+//! the transport crate). A transport uses:
+//!
+//! - [`pipeline`]: [`pipeline::process`] and [`pipeline::process_batch`] turn a delivery (or a
+//!   batch) into a [`pipeline::Disposition`] for the transport to make durable before it acks;
+//!   [`pipeline::Runtime`] is what they run with.
+//! - [`Spans`]: the core opens a consumer span per delivery and a producer span per retry copy or
+//!   dead letter, and the transport adds its attributes (such as `messaging.system`).
+//! - A delivery the broker dead-lettered past its delivery limit is handed to the core as a
+//!   [`DeliveryLimitDeath`] (see [`delivery_limit_exceeded`]).
+//! - The message model ([`message`]), the headers the core writes ([`retry`], [`partition`],
+//!   [`trace_context`]), dead-letter helpers ([`dead_letter`]), the handler registry
+//!   ([`registry`]), the dedup store and schema names ([`dedup`]), settings parsing ([`config`]),
+//!   the outbox relay loop ([`outbox`]), migrations ([`migrations`], [`versioning`]), telemetry
+//!   ([`telemetry`]), observers ([`observer`]) and the stop signal ([`shutdown`]).
 
 use std::fmt;
 
@@ -206,4 +217,105 @@ pub(crate) fn debug_check_process_span(span: &tracing::Span) {
             }
         }
     }
+}
+
+/// Reading settings: the environment snapshot, the value parsers and URL redaction.
+pub mod config {
+    pub use crate::config::{
+        handler_env_name, parse_bool, parse_duration, parse_positive, redact_url, Secret,
+        Variables, DEFAULT_DATABASE_URL, MAX_DEFAULT_BATCH_SIZE,
+    };
+    pub use crate::handler::DEFAULT_CONCURRENCY;
+}
+
+/// Dead-letter records: how a body is encoded and how times are written.
+pub mod dead_letter {
+    pub use crate::dead_letter::record::{
+        format_time, BodyEncoding, FailureMetadata, OriginalMessage,
+    };
+}
+
+/// The dedup store and the schema names it is kept in.
+pub mod dedup {
+    pub use crate::dedup::identifier::{Identifier, InvalidIdentifier};
+    pub use crate::dedup::store::DedupStore;
+}
+
+/// The broker-neutral message model.
+pub mod message {
+    pub use crate::message::headers::{HeaderValue, Headers};
+    pub use crate::message::inbound::Properties;
+}
+
+/// The framework's versioned migrations.
+pub mod migrations {
+    pub use crate::migrations::{
+        lock_key, run, run_framework, Applied, Component, Migration, MigrationError, FRAMEWORK,
+        SCHEMA_PLACEHOLDER, TABLE,
+    };
+}
+
+/// Observers: a list of them as one, and one that does nothing.
+pub mod observer {
+    pub use crate::observer::{NoopObserver, Observers};
+}
+
+/// The outbox relay loop, for a transport's sink to publish its rows.
+pub mod outbox {
+    pub use crate::outbox::relay::NoRelayObserver;
+    pub use crate::outbox::{
+        migrate, OutboxMessage, OutboxSink, OutboxTable, RelayLoop, SinkError,
+    };
+}
+
+/// Partitioned handlers: the routing header and the key of a delivery.
+pub mod partition {
+    pub use crate::partition::{key_of, PartitionError, MAX_PARTITIONS, PARTITION_KEY_HEADER};
+}
+
+/// The delivery pipeline: decode, dedup transaction, classification, disposition.
+pub mod pipeline {
+    pub use crate::pipeline::batch::process_batch;
+    pub use crate::pipeline::decode::{payload, DecodeError};
+    pub use crate::pipeline::disposition::{Disposition, OutboundMessage};
+    pub use crate::pipeline::envelope::{Envelope, EnvelopeError, MAX_EVENT_ID_BYTES};
+    pub use crate::pipeline::{process, Runtime};
+}
+
+/// The handler registry.
+pub mod registry {
+    pub use crate::registry::{ErasedHandler, Registry, RegistryError};
+}
+
+/// The headers a retry copy carries.
+pub mod retry {
+    pub use crate::retry::attempts::{
+        is_retry_copy, original_headers, ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER,
+        LAST_ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER,
+        WORKER_HEADER_PREFIX, WORKER_TRACEPARENT_HEADER,
+    };
+}
+
+/// SIGINT and SIGTERM.
+pub mod shutdown {
+    pub use crate::shutdown::signal;
+}
+
+/// Metrics, health, the HTTP endpoint, logging and trace propagation.
+pub mod telemetry {
+    pub use crate::telemetry::health::Health;
+    pub use crate::telemetry::metrics::{Metrics, QueueKind};
+    pub use crate::telemetry::propagation::traceparent;
+    pub use crate::telemetry::{logging, server};
+}
+
+/// W3C trace context.
+pub mod trace_context {
+    pub use crate::trace_context::{new_trace_id, parse_traceparent, TRACEPARENT_HEADER};
+}
+
+/// Entity versions: the table's migration.
+pub mod versioning {
+    pub use crate::versioning::migrations::COMPONENT;
+    pub use crate::versioning::{applied_version, migrate};
 }

@@ -85,6 +85,32 @@ fn check_against_function(
     })
 }
 
+/// The runtime's `__private` module as the user's crate reaches it: through `worker-rabbitmq`
+/// when the crate depends on it (an application needs no other framework crate), else through
+/// `worker-core`. Within those two packages (their doc tests and integration tests) the path is
+/// the package's own name.
+fn private_path() -> TokenStream {
+    private_path_at(Span::call_site())
+}
+
+/// [`private_path`] with every token at `span`, for code spanned at the user's tokens: an error
+/// in that code then points at the user's tokens, not at the whole attribute.
+fn private_path_at(span: Span) -> TokenStream {
+    use proc_macro_crate::{crate_name, FoundCrate};
+    let path = |package: &str| {
+        crate_name(package).ok().map(|found| match found {
+            FoundCrate::Itself => package.replace('-', "_"),
+            FoundCrate::Name(name) => name,
+        })
+    };
+    // Neither found (a build tool that hides the manifest): the name an application uses.
+    let name = path("worker-rabbitmq")
+        .or_else(|| path("worker-core"))
+        .unwrap_or_else(|| "worker_rabbitmq".to_owned());
+    let name = Ident::new(&name, span);
+    quote_spanned!(span=> ::#name::__private)
+}
+
 /// The span of `tokens` for code this macro writes: the location of the user's tokens (so errors
 /// point there), the hygiene of the macro (so lints treat the code as generated).
 fn at(tokens: &impl Spanned) -> Span {
@@ -92,6 +118,7 @@ fn at(tokens: &impl Spanned) -> Span {
 }
 
 fn expand(args: &Args, name: &str, function: &ItemFn, params: &Params) -> TokenStream {
+    let private = private_path();
     let ItemFn {
         attrs,
         vis,
@@ -151,10 +178,10 @@ fn expand(args: &Args, name: &str, function: &ItemFn, params: &Params) -> TokenS
 
         #(#cfgs)*
         #[automatically_derived]
-        impl ::worker_core::Handler for #ident {
+        impl #private::Handler for #ident {
             type Event = #event_ty;
 
-            fn spec(&self) -> ::worker_core::HandlerSpec {
+            fn spec(&self) -> #private::HandlerSpec {
                 #spec
             }
 
@@ -166,11 +193,12 @@ fn expand(args: &Args, name: &str, function: &ItemFn, params: &Params) -> TokenS
 /// The event check, spanned at the event's type: a type that does not deserialize is reported
 /// there with worker-core's explanation (`Event`'s `on_unimplemented`).
 fn event_check(event_ty: &Type) -> TokenStream {
+    let private = private_path_at(at(event_ty));
     quote_spanned! {at(event_ty)=>
         #[allow(dead_code)]
         const _: () = {
             fn __check_event() {
-                ::worker_core::__private::assert_event::<#event_ty>();
+                #private::assert_event::<#event_ty>();
             }
         };
     }
@@ -182,15 +210,16 @@ fn event_check(event_ty: &Type) -> TokenStream {
 fn argument(p: &Param) -> (Option<TokenStream>, TokenStream) {
     let ty = p.ty();
     let span = at(ty);
+    let private = private_path_at(span);
     let (runtime, arg, given) = match p.role {
         Role::Event => return (None, quote!(__event)),
         Role::Context => (
-            quote!(&::worker_core::Context),
+            quote!(&#private::Context),
             format_ident!("__context_arg"),
             quote!(__ctx),
         ),
         Role::Transaction => (
-            quote!(&mut ::worker_core::__private::PgConnection),
+            quote!(&mut #private::PgConnection),
             format_ident!("__transaction_arg"),
             quote!(__tx),
         ),
@@ -207,9 +236,10 @@ fn argument(p: &Param) -> (Option<TokenStream>, TokenStream) {
 
 /// The `HandlerSpec` literal: the attribute's values over the documented defaults.
 fn spec(args: &Args, name: &str) -> TokenStream {
+    let private = private_path();
     let event = args.event.as_deref().expect("checked: `event` is set");
     let dedup = args.dedup.is_some();
-    let millis = |ms: u64| quote!(::worker_core::__private::Duration::from_millis(#ms));
+    let millis = |ms: u64| quote!(#private::Duration::from_millis(#ms));
     let mut retry_fields = Vec::new();
     if let Some(max_attempts) = args.retry {
         retry_fields.push(quote!(max_attempts: #max_attempts,));
@@ -227,22 +257,22 @@ fn spec(args: &Args, name: &str) -> TokenStream {
         retry_fields.push(quote!(jitter: #jitter,));
     }
     let retry = if retry_fields.is_empty() {
-        quote!(::worker_core::RetryPolicy::DEFAULT)
+        quote!(#private::RetryPolicy::DEFAULT)
     } else if retry_fields.len() == 4 {
         // Every field is given: a `..DEFAULT` would be a no-op (clippy: needless_update).
-        quote!(::worker_core::RetryPolicy { #(#retry_fields)* })
+        quote!(#private::RetryPolicy { #(#retry_fields)* })
     } else {
-        quote!(::worker_core::RetryPolicy { #(#retry_fields)* ..::worker_core::RetryPolicy::DEFAULT })
+        quote!(#private::RetryPolicy { #(#retry_fields)* ..#private::RetryPolicy::DEFAULT })
     };
     let concurrency = match (args.concurrency, &args.partitions) {
         (_, Some(partitions)) => (partitions.value as usize).into_token_stream(),
         (Some(n), None) => (n as usize).into_token_stream(),
-        (None, None) => quote!(::worker_core::handler::DEFAULT_CONCURRENCY),
+        (None, None) => quote!(#private::DEFAULT_CONCURRENCY),
     };
     let partition = match (&args.partition_key, &args.partitions) {
         (Some(key), Some(partitions)) => {
             let (key, partitions) = (&key.value, partitions.value as u16);
-            quote!(::core::option::Option::Some(::worker_core::partition::Partitioning {
+            quote!(::core::option::Option::Some(#private::Partitioning {
                 key: #key,
                 partitions: #partitions,
             }))
@@ -255,7 +285,7 @@ fn spec(args: &Args, name: &str) -> TokenStream {
             let (span, base) = (at(&base.expr), millis(base.value));
             quote_spanned! {span=>
                 const _: () = ::core::assert!(
-                    #base.as_nanos() <= ::worker_core::RetryPolicy::DEFAULT.cap.as_nanos(),
+                    #base.as_nanos() <= #private::RetryPolicy::DEFAULT.cap.as_nanos(),
                     "`base` is above the default `cap` (`RetryPolicy::DEFAULT.cap`): set `cap` too",
                 );
             }
@@ -264,7 +294,7 @@ fn spec(args: &Args, name: &str) -> TokenStream {
             let (span, cap) = (at(&cap.expr), millis(cap.value));
             quote_spanned! {span=>
                 const _: () = ::core::assert!(
-                    #cap.as_nanos() >= ::worker_core::RetryPolicy::DEFAULT.base.as_nanos(),
+                    #cap.as_nanos() >= #private::RetryPolicy::DEFAULT.base.as_nanos(),
                     "`cap` is below the default `base` (`RetryPolicy::DEFAULT.base`): set `base` too",
                 );
             }
@@ -273,7 +303,7 @@ fn spec(args: &Args, name: &str) -> TokenStream {
     };
     quote! {
         #bounds
-        ::worker_core::HandlerSpec {
+        #private::HandlerSpec {
             name: #name,
             event_type: #event,
             dedup: #dedup,
@@ -287,12 +317,13 @@ fn spec(args: &Args, name: &str) -> TokenStream {
 /// `Handler::call`: takes the transaction out of its `Option` for `dedup` handlers and calls the
 /// user's function with the arguments in the order it declares them.
 fn call(args: &Args, params: &Params, hidden: &Ident, output: &ReturnType) -> TokenStream {
+    let private = private_path();
     let take_tx = args.dedup.is_some().then(|| {
         quote! {
             let __tx = match __tx {
                 ::core::option::Option::Some(tx) => tx,
                 ::core::option::Option::None => {
-                    return ::core::result::Result::Err(::worker_core::HandlerError::retryable(
+                    return ::core::result::Result::Err(#private::HandlerError::retryable(
                         "internal: dedup handler called without a transaction",
                     ));
                 }
@@ -310,12 +341,14 @@ fn call(args: &Args, params: &Params, hidden: &Ident, output: &ReturnType) -> To
     let unit_ok = quote_spanned! {output=>
         let __result: ::core::result::Result<(), _> = #result;
     };
+    let error_private = private_path_at(error);
     let map_err = quote_spanned! {error=>
-        __result.map_err(::core::convert::Into::<::worker_core::HandlerError>::into)
+        __result.map_err(::core::convert::Into::<#error_private::HandlerError>::into)
     };
     // Spanned at the function's name: a future that is not `Send` is reported there.
+    let hidden_private = private_path_at(at(&hidden));
     let boxed = quote_spanned! {at(&hidden)=>
-        ::worker_core::__private::Box::pin(async move {
+        #hidden_private::Box::pin(async move {
             #take_tx
             let #result = #hidden(#(#call_args),*).await;
             #unit_ok
@@ -326,11 +359,11 @@ fn call(args: &Args, params: &Params, hidden: &Ident, output: &ReturnType) -> To
         fn call<'a>(
             &'a self,
             __event: Self::Event,
-            __ctx: &'a ::worker_core::Context,
-            __tx: ::core::option::Option<&'a mut ::worker_core::__private::PgConnection>,
-        ) -> ::worker_core::__private::BoxFuture<
+            __ctx: &'a #private::Context,
+            __tx: ::core::option::Option<&'a mut #private::PgConnection>,
+        ) -> #private::BoxFuture<
             'a,
-            ::core::result::Result<(), ::worker_core::HandlerError>,
+            ::core::result::Result<(), #private::HandlerError>,
         > {
             #(#arg_functions)*
             #boxed

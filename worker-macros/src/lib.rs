@@ -1,6 +1,7 @@
 //! The `#[handler]` attribute of the worker framework.
 //!
-//! Use it through `worker_core::handler`: the generated code refers to `::worker_core`, and
+//! Use it through `worker_rabbitmq::handler` (or `worker_core::handler`): the generated code
+//! refers to the `__private` module of whichever of the two the calling crate depends on, and
 //! worker-core's crate docs show a complete handler.
 
 mod attr;

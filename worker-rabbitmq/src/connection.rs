@@ -13,7 +13,7 @@ use lapin::{Connection, ConnectionProperties, Event};
 
 use crate::error::WorkerError;
 use crate::settings::{BrokerSettings, BrokerTls};
-use worker_core::config::redact_url;
+use worker_core::transport::config::redact_url;
 
 /// `url` with `heartbeat=<secs>` added unless it sets a heartbeat itself. lapin sends a
 /// heartbeat every half interval and gives the connection up (a connection error, which ends the
@@ -63,7 +63,10 @@ fn tls_config(tls: &BrokerTls) -> Result<OwnedTLSConfig, WorkerError> {
 
 /// Connects to the broker (TLS settings included), naming the connection `name` (visible in
 /// the management UI). Errors never show the password.
-pub(crate) async fn connect(broker: &BrokerSettings, name: &str) -> Result<Connection, WorkerError> {
+pub(crate) async fn connect(
+    broker: &BrokerSettings,
+    name: &str,
+) -> Result<Connection, WorkerError> {
     let url = broker.url.as_str();
     let tls = tls_config(&broker.tls)?;
     let failed = |source| WorkerError::Connect {

@@ -6,7 +6,8 @@ use lapin::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
 };
 use lapin::BasicProperties;
-use worker_core::{HeaderValue, Headers, InboundMessage, Properties};
+use worker_core::transport::message::{HeaderValue, Headers, Properties};
+use worker_core::InboundMessage;
 
 /// A delivery as `worker-core` sees it (its strings and body are moved, not copied).
 pub(crate) fn inbound(delivery: Delivery) -> InboundMessage {

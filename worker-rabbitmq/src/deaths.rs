@@ -11,10 +11,12 @@
 //! is kept, as every other header is.
 
 use chrono::{TimeZone, Utc};
-use worker_core::pipeline::Runtime;
-use worker_core::retry::attempts::is_retry_copy;
+use worker_core::transport::message::{HeaderValue, Headers};
+use worker_core::transport::pipeline::Disposition;
+use worker_core::transport::pipeline::Runtime;
+use worker_core::transport::retry::is_retry_copy;
 use worker_core::transport::{delivery_limit_exceeded, DeliveryLimitDeath};
-use worker_core::{Disposition, HandlerSpec, HeaderValue, Headers, InboundMessage};
+use worker_core::{HandlerSpec, InboundMessage};
 
 /// Headers RabbitMQ adds when it dead-letters a message (on expiry in a delay queue, or past the
 /// work queue's `x-delivery-limit`).
@@ -100,7 +102,7 @@ fn newest_death(headers: &Headers) -> DeliveryLimitDeath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use worker_core::retry::attempts::ATTEMPTS_HEADER;
+    use worker_core::transport::retry::ATTEMPTS_HEADER;
 
     fn death_entry(queue: &str, reason: &str) -> HeaderValue {
         let mut entry = Headers::new();
@@ -162,11 +164,11 @@ mod tests {
             pool: sqlx::postgres::PgPoolOptions::new()
                 .connect_lazy("postgres://unused.invalid/unused")
                 .expect("a lazy pool never connects here"),
-            dedup: worker_core::DedupStore::new(
-                worker_core::dedup::identifier::Identifier::new("public").expect("identifier"),
+            dedup: worker_core::transport::dedup::DedupStore::new(
+                worker_core::transport::dedup::Identifier::new("public").expect("identifier"),
             ),
             consumer: "tests".into(),
-            observer: std::sync::Arc::new(worker_core::observer::NoopObserver),
+            observer: std::sync::Arc::new(worker_core::transport::observer::NoopObserver),
             max_payload_bytes: usize::MAX,
             spans: std::sync::Arc::new(crate::spans::RabbitSpans),
         };

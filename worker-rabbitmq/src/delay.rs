@@ -9,7 +9,11 @@
 
 use std::time::Duration;
 
-use worker_core::{OutboundMessage, Properties, RetryPolicy};
+use worker_core::RetryPolicy;
+
+use worker_core::transport::message::Properties;
+
+use worker_core::transport::pipeline::OutboundMessage;
 
 /// How many delay levels `policy` can use: the failures until the cap is reached, and never more
 /// than `max_attempts - 1` (the last attempt is never followed by a retry).

@@ -16,9 +16,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use worker_core::handler::BoxFuture;
-use worker_core::trace_context::{new_trace_id, TRACEPARENT_HEADER};
-use worker_core::{HeaderValue, OutboundMessage, Properties};
+use worker_core::transport::message::{HeaderValue, Properties};
+use worker_core::transport::pipeline::OutboundMessage;
+use worker_core::transport::trace_context::{new_trace_id, TRACEPARENT_HEADER};
+use worker_core::BoxFuture;
 
 use crate::publisher::{PublishError, Publisher};
 

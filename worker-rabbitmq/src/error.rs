@@ -1,7 +1,7 @@
 //! What can stop a worker.
 
-use worker_core::config::ConfigError;
-use worker_core::registry::RegistryError;
+use worker_core::transport::registry::RegistryError;
+use worker_core::ConfigError;
 
 use crate::convert::TooLong;
 

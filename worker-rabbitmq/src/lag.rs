@@ -11,7 +11,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use worker_core::telemetry::metrics::{Metrics, QueueKind};
+use worker_core::transport::telemetry::{Metrics, QueueKind};
 
 use crate::topology::QueueNames;
 

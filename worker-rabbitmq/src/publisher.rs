@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
-use worker_core::OutboundMessage;
+use worker_core::transport::pipeline::OutboundMessage;
 
 use crate::convert::{properties_to_amqp, short_string, TooLong};
 

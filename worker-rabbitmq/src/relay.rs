@@ -2,7 +2,7 @@
 //! exchange, routing key = event type, `message_id` = event id, persistent JSON with the stored
 //! trace headers, each with `mandatory` and a publisher confirm before its row is marked
 //! published. The loop itself (batches, `SKIP LOCKED`, `LISTEN`/`NOTIFY`, ordering, retention) is
-//! [`worker_core::outbox::relay`]; this file is the broker side.
+//! [`worker_core::transport::outbox::RelayLoop`]; this file is the broker side.
 //!
 //! Run it inside a worker (`WorkerBuilder::outbox()`, or `WORKER_OUTBOX=true`) or on its own:
 //!
@@ -29,13 +29,14 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use worker_core::config::redact_url;
-use worker_core::handler::BoxFuture;
-use worker_core::outbox::relay::NoRelayObserver;
-use worker_core::outbox::{
-    OutboxMessage, OutboxSettings, OutboxSink, OutboxTable, RelayLoop, RelayObserver, SinkError,
+use worker_core::transport::config::redact_url;
+use worker_core::transport::outbox::NoRelayObserver;
+use worker_core::transport::outbox::{
+    OutboxMessage, OutboxSink, OutboxTable, RelayLoop, SinkError,
 };
+use worker_core::BoxFuture;
 use worker_core::WorkerConfig;
+use worker_core::{OutboxSettings, RelayObserver};
 
 use crate::connection::connect;
 use crate::error::WorkerError;
@@ -65,7 +66,7 @@ impl Relay {
             .settings(settings.outbox)
             .start()
             .await?;
-        worker_core::shutdown::signal().await;
+        worker_core::transport::shutdown::signal().await;
         relay.shutdown().await;
         Ok(())
     }
@@ -120,7 +121,7 @@ impl RelayBuilder {
             .await
             .map_err(database_error)?;
         if config.migrate {
-            worker_core::outbox::migrate(&pool, &config.db_schema)
+            worker_core::transport::outbox::migrate(&pool, &config.db_schema)
                 .await
                 .map_err(|e| WorkerError::Migration(format!("outbox table: {e}")))?;
         }

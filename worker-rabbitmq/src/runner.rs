@@ -17,11 +17,12 @@ use lapin::Acker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use worker_core::observer::Settlement;
-use worker_core::pipeline::Runtime;
-use worker_core::registry::ErasedHandler;
-use worker_core::telemetry::health::Health;
-use worker_core::{Disposition, ErrorKind, HandlerSpec, InboundMessage};
+use worker_core::transport::pipeline::Disposition;
+use worker_core::transport::pipeline::Runtime;
+use worker_core::transport::registry::ErasedHandler;
+use worker_core::transport::telemetry::Health;
+use worker_core::Settlement;
+use worker_core::{ErrorKind, HandlerSpec, InboundMessage};
 
 use crate::ack;
 use crate::error::WorkerError;

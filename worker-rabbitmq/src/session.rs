@@ -14,10 +14,10 @@ use lapin::{Channel, Connection};
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
-use worker_core::pipeline::Runtime;
-use worker_core::registry::ErasedHandler;
-use worker_core::telemetry::health::Health;
-use worker_core::telemetry::metrics::Metrics;
+use worker_core::transport::pipeline::Runtime;
+use worker_core::transport::registry::ErasedHandler;
+use worker_core::transport::telemetry::Health;
+use worker_core::transport::telemetry::Metrics;
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use crate::connection::{connect, on_error};

@@ -1,8 +1,8 @@
 //! Settings: the broker's ([`BrokerSettings`]) and everything a RabbitMQ worker reads
 //! ([`Settings`]), from one read of the environment.
 //!
-//! The broker's variables (the rest are in [`worker_core::config`] and
-//! [`worker_core::outbox::OutboxSettings`]):
+//! The broker's variables (the rest are in [`worker_core::WorkerConfig`] and
+//! [`worker_core::OutboxSettings`]):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -18,8 +18,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use worker_core::config::{parse_duration, parse_positive, ConfigError, Secret, Variables};
-use worker_core::outbox::OutboxSettings;
+use worker_core::ConfigError;
+
+use worker_core::transport::config::{parse_duration, parse_positive, Secret, Variables};
+use worker_core::OutboxSettings;
 use worker_core::WorkerConfig;
 
 /// Default broker URL.
@@ -50,7 +52,7 @@ pub struct BrokerTls {
 /// How the worker reaches RabbitMQ and names what it declares there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerSettings {
-    /// Broker URL (may hold credentials: log it with [`worker_core::config::redact_url`]).
+    /// Broker URL (may hold credentials: log it with [`worker_core::transport::config::redact_url`]).
     pub url: String,
     /// TLS settings for `amqps://` URLs.
     pub tls: BrokerTls,
@@ -230,7 +232,10 @@ mod tests {
         assert_eq!(settings.worker.database_url, "postgres://db/x");
         assert_eq!(settings.outbox_switch, Some(false));
         assert_eq!(settings.outbox.batch_size, 7);
-        assert_eq!(settings.broker.exchange, "events", "unset keeps the default");
+        assert_eq!(
+            settings.broker.exchange, "events",
+            "unset keeps the default"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 use lapin::Acker;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
-use worker_core::{Disposition, OutboundMessage, RetryPolicy};
+use worker_core::transport::pipeline::{Disposition, OutboundMessage};
+use worker_core::RetryPolicy;
 
 use crate::ack;
 use crate::delay;

@@ -31,8 +31,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
-use worker_core::partition::{Partitioning, PARTITION_KEY_HEADER};
+use worker_core::transport::partition::PARTITION_KEY_HEADER;
 use worker_core::HandlerSpec;
+use worker_core::Partitioning;
 
 use crate::error::WorkerError;
 use crate::settings::{BrokerSettings, QueueType};
@@ -121,7 +122,10 @@ fn queue_type_args(queue_type: QueueType) -> FieldTable {
 }
 
 /// Declares the events exchange.
-pub async fn declare_exchange(channel: &Channel, broker: &BrokerSettings) -> Result<(), WorkerError> {
+pub async fn declare_exchange(
+    channel: &Channel,
+    broker: &BrokerSettings,
+) -> Result<(), WorkerError> {
     let options = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -342,7 +346,10 @@ fn declare_error(exchange: &str, handler: &str, source: lapin::Error) -> WorkerE
 /// Checks that every name of the topology fits an AMQP short string (255 bytes): the exchange and
 /// each handler's queues, hash exchange and binding key. lapin panics on a longer one, so a long
 /// prefix fails at start, before connecting.
-pub(crate) fn check_names(broker: &BrokerSettings, specs: &[HandlerSpec]) -> Result<(), WorkerError> {
+pub(crate) fn check_names(
+    broker: &BrokerSettings,
+    specs: &[HandlerSpec],
+) -> Result<(), WorkerError> {
     let fits = WorkerError::check_name;
     fits("exchange", &broker.exchange)?;
     for spec in specs {

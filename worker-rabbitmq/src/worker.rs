@@ -8,13 +8,15 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use worker_core::config::redact_url;
-use worker_core::observer::Observers;
-use worker_core::pipeline::Runtime;
-use worker_core::telemetry::health::Health;
-use worker_core::telemetry::metrics::Metrics;
-use worker_core::telemetry::server::{self, Endpoint};
-use worker_core::{DedupStore, Handler, HandlerSpec, Observer, Registry, WorkerConfig};
+use worker_core::transport::config::redact_url;
+use worker_core::transport::dedup::DedupStore;
+use worker_core::transport::observer::Observers;
+use worker_core::transport::pipeline::Runtime;
+use worker_core::transport::registry::Registry;
+use worker_core::transport::telemetry::server::{self, Endpoint};
+use worker_core::transport::telemetry::Health;
+use worker_core::transport::telemetry::Metrics;
+use worker_core::{Handler, HandlerSpec, Observer, WorkerConfig};
 
 use crate::consume::{Plan, Source};
 use crate::error::WorkerError;
@@ -53,7 +55,7 @@ pub struct WorkerBuilder {
     observers: Vec<Arc<dyn Observer>>,
     demo: Option<crate::demo::DemoHook>,
     /// The outbox relay: `None` not asked for, `Some(None)` settings from the environment.
-    outbox: Option<Option<worker_core::outbox::OutboxSettings>>,
+    outbox: Option<Option<worker_core::OutboxSettings>>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -115,7 +117,7 @@ impl WorkerBuilder {
     }
 
     /// Runs the outbox relay in this worker with these settings.
-    pub fn outbox_settings(mut self, settings: worker_core::outbox::OutboxSettings) -> Self {
+    pub fn outbox_settings(mut self, settings: worker_core::OutboxSettings) -> Self {
         self.outbox = Some(Some(settings));
         self
     }
@@ -124,17 +126,19 @@ impl WorkerBuilder {
     /// the graceful stop gives back every unfinished delivery at once.
     ///
     /// Installs the log and trace pipeline first (see
-    /// [`worker_core::telemetry::logging`]) unless the application installed a subscriber.
+    /// [`worker_core::transport::telemetry::logging`]) unless the application installed a
+    /// subscriber.
     pub async fn serve(mut self) -> Result<(), WorkerError> {
         let settings = match self.settings.take() {
             Some(settings) => settings,
             None => Settings::from_env()?,
         };
-        let _telemetry = worker_core::telemetry::logging::init(&settings.worker.consumer);
+        let _telemetry =
+            worker_core::transport::telemetry::logging::init(&settings.worker.consumer);
         self.settings = Some(settings);
         let mut worker = self.start().await?;
         tokio::select! {
-            _ = worker_core::shutdown::signal() => {}
+            _ = worker_core::transport::shutdown::signal() => {}
             result = worker.failed() => {
                 worker.shutdown().await?;
                 return result;
@@ -142,7 +146,7 @@ impl WorkerBuilder {
         }
         let abandon = worker.stop.abandon.clone();
         tokio::spawn(async move {
-            worker_core::shutdown::signal().await;
+            worker_core::transport::shutdown::signal().await;
             tracing::warn!("second signal: giving back unfinished deliveries now");
             abandon.cancel();
         });
@@ -193,7 +197,7 @@ impl WorkerBuilder {
         health.set_pool(pool.clone());
         let dedup = DedupStore::new(config.db_schema.clone());
         if config.migrate {
-            worker_core::migrations::run_framework(&pool, &config.db_schema)
+            worker_core::transport::migrations::run_framework(&pool, &config.db_schema)
                 .await
                 .map_err(|e| WorkerError::Migration(e.to_string()))?;
             if let Some(migrator) = &self.migrator {
@@ -245,7 +249,8 @@ impl WorkerBuilder {
         let session = blueprint.open().await?;
         let supervisor = tokio::spawn(session::supervise(blueprint, session));
         let pruner = tokio::spawn(prune_forever(pool.clone(), dedup, config.dedup_retention));
-        let relay = outbox.map(|settings| crate::relay::spawn(pool.clone(), &config, &broker, settings));
+        let relay =
+            outbox.map(|settings| crate::relay::spawn(pool.clone(), &config, &broker, settings));
         tracing::info!(
             amqp = %redact_url(&broker.url),
             database = %redact_url(&config.database_url),
@@ -461,7 +466,7 @@ impl WorkerBuilder {
         F: Fn(
                 crate::demo::DemoPublisher,
             )
-                -> worker_core::handler::BoxFuture<'static, Result<String, crate::demo::DemoError>>
+                -> worker_core::BoxFuture<'static, Result<String, crate::demo::DemoError>>
             + Send
             + Sync
             + 'static,
@@ -472,11 +477,7 @@ impl WorkerBuilder {
 
     pub(crate) fn cli_parts(
         &self,
-    ) -> (
-        &Registry,
-        Option<&Settings>,
-        Option<&crate::demo::DemoHook>,
-    ) {
+    ) -> (&Registry, Option<&Settings>, Option<&crate::demo::DemoHook>) {
         (&self.registry, self.settings.as_ref(), self.demo.as_ref())
     }
 }

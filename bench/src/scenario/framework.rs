@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgConnection;
-use worker_core::message::headers::HeaderValue;
-use worker_core::observer::Settlement;
+use worker_core::transport::message::HeaderValue;
+use worker_core::Settlement;
 use worker_core::{handler, Context, HandlerError, InboundMessage, Observer};
 use worker_rabbitmq::Worker;
 

@@ -1,9 +1,9 @@
 //! The order worker's handlers.
 
 use sqlx::PgConnection;
-use worker_core::outbox::{Outbox, OutboxEvent};
-use worker_core::versioning::{apply_if_newer, Freshness};
-use worker_core::{handler, Context, HandlerError};
+use worker_rabbitmq::{
+    apply_if_newer, handler, Context, Freshness, HandlerError, Outbox, OutboxEvent,
+};
 
 use crate::events::{OrderPaid, OrderPlaced};
 use crate::payment;

@@ -2,7 +2,7 @@
 //! with `OUTBOX_CRASH_AFTER_PUBLISH=1` it aborts right after the broker confirmed the first
 //! event, before its row is marked published.
 
-use worker_core::outbox::RelayObserver;
+use worker_core::RelayObserver;
 use worker_rabbitmq::{Relay, Settings};
 
 struct AbortAfterPublish;
@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder
     };
     let relay = builder.start().await?;
-    worker_core::shutdown::signal().await;
+    worker_core::transport::shutdown::signal().await;
     relay.shutdown().await;
     Ok(())
 }

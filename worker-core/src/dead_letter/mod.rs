@@ -1,3 +1,3 @@
 //! Dead letters: the record published to `<handler>.dlq` (DESIGN.md §5).
 
-pub mod record;
+pub(crate) mod record;

@@ -14,7 +14,7 @@ use crate::migrations::{Component, Migration};
 
 /// The `processed_events` table's versions. Version 1 is the DDL of the releases before
 /// versioned migrations, `IF NOT EXISTS` included, so their databases are adopted.
-pub const COMPONENT: Component = Component {
+pub(crate) const COMPONENT: Component = Component {
     name: "dedup",
     migrations: &[Migration {
         version: 1,

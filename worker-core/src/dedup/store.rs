@@ -45,7 +45,7 @@ impl DedupStore {
     }
 
     /// Brings the schema and the table up to date (the dedup component of
-    /// [`crate::migrations`]).
+    /// [`crate::transport::migrations`]).
     pub async fn migrate(&self, pool: &PgPool) -> Result<(), MigrationError> {
         crate::migrations::run(pool, &self.schema, &[&super::migrations::COMPONENT])
             .await

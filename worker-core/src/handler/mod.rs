@@ -1,6 +1,6 @@
 //! The [`Handler`] trait that `#[handler]` implements for a user's async function.
 
-pub mod error;
+pub(crate) mod error;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,7 +37,7 @@ pub struct HandlerSpec {
     /// its partition count, one delivery per partition).
     pub concurrency: usize,
     /// `Some` for a partitioned handler: one queue per partition, one event of an entity at a
-    /// time, retries in place (see [`crate::partition`]).
+    /// time, retries in place (see [`Partitioning`](crate::Partitioning)).
     pub partition: Option<crate::partition::Partitioning>,
 }
 

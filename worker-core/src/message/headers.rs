@@ -145,7 +145,7 @@ impl HeaderValue {
 }
 
 /// Renders a header table as a readable JSON object (see [`HeaderValue::to_plain_json`]).
-pub fn plain_json(headers: &Headers) -> Value {
+pub(crate) fn plain_json(headers: &Headers) -> Value {
     Value::Object(
         headers
             .iter()

@@ -1,4 +1,4 @@
 //! The broker-agnostic view of a delivery: its body, properties and typed headers.
 
-pub mod headers;
-pub mod inbound;
+pub(crate) mod headers;
+pub(crate) mod inbound;

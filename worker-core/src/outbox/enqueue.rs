@@ -13,7 +13,7 @@ use crate::dedup::identifier::Identifier;
 ///
 /// ```no_run
 /// use sqlx::PgConnection;
-/// use worker_core::outbox::{Outbox, OutboxEvent};
+/// use worker_core::{Outbox, OutboxEvent};
 /// use worker_core::{handler, Context, HandlerError};
 ///
 /// #[derive(serde::Deserialize)]

@@ -15,7 +15,7 @@ use crate::trace_context::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 /// the JSON body.
 ///
 /// ```
-/// use worker_core::outbox::OutboxEvent;
+/// use worker_core::OutboxEvent;
 ///
 /// let event = OutboxEvent::new("OrderPaid", "ord_91", serde_json::json!({"orderId": "ord_91"}))
 ///     .event_id("evt_paid_ord_91")
@@ -109,7 +109,7 @@ impl OutboxEvent {
 }
 
 /// A random id in the UUID v4 text form (`8-4-4-4-12` lowercase hex digits).
-pub fn new_event_id() -> String {
+pub(crate) fn new_event_id() -> String {
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;

@@ -24,11 +24,11 @@
 use crate::migrations::{Component, Migration};
 
 /// The channel the insert trigger notifies; the payload is the schema of the table.
-pub const NOTIFY_CHANNEL: &str = "worker_outbox";
+pub(crate) const NOTIFY_CHANNEL: &str = "worker_outbox";
 
 /// The `outbox` table's versions. Version 1 is the DDL of the releases before versioned
 /// migrations, `IF NOT EXISTS` included, so their databases are adopted.
-pub const COMPONENT: Component = Component {
+pub(crate) const COMPONENT: Component = Component {
     name: "outbox",
     migrations: &[Migration {
         version: 1,

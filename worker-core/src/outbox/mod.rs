@@ -7,12 +7,12 @@
 //! [`enqueue`] (the write), [`table`] (the relay's statements), [`relay`] (the loop and its
 //! guarantees), [`settings`].
 
-pub mod enqueue;
-pub mod event;
-pub mod migrations;
-pub mod relay;
-pub mod settings;
-pub mod table;
+pub(crate) mod enqueue;
+pub(crate) mod event;
+pub(crate) mod migrations;
+pub(crate) mod relay;
+pub(crate) mod settings;
+pub(crate) mod table;
 
 pub use enqueue::{EnqueueError, Enqueued, Outbox};
 pub use event::OutboxEvent;
@@ -26,7 +26,7 @@ use crate::dedup::identifier::Identifier;
 use crate::migrations::MigrationError;
 
 /// Brings the outbox table in `schema` up to date (the outbox component of
-/// [`crate::migrations`]).
+/// [`crate::transport::migrations`]).
 pub async fn migrate(pool: &PgPool, schema: &Identifier) -> Result<(), MigrationError> {
     crate::migrations::run(pool, schema, &[&migrations::COMPONENT])
         .await

@@ -56,9 +56,11 @@ impl OutboxSettings {
             Ok(vars.parse(var, parse_duration)?.unwrap_or(default))
         };
         let batch_size = vars
-            .parse("WORKER_OUTBOX_BATCH_SIZE", |value| match value.parse::<u32>() {
-                Ok(n) if (1..=10_000).contains(&n) => Ok(n),
-                _ => Err("expected a whole number from 1 to 10000".into()),
+            .parse("WORKER_OUTBOX_BATCH_SIZE", |value| {
+                match value.parse::<u32>() {
+                    Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+                    _ => Err("expected a whole number from 1 to 10000".into()),
+                }
             })?
             .unwrap_or(defaults.batch_size);
         let settings = Self {

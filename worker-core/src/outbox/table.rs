@@ -14,7 +14,7 @@ use crate::partition::PARTITION_KEY_HEADER;
 use crate::pipeline::disposition::OutboundMessage;
 
 /// Header carrying the row's aggregate id on the published message.
-pub const AGGREGATE_ID_HEADER: &str = "x-aggregate-id";
+pub(crate) const AGGREGATE_ID_HEADER: &str = "x-aggregate-id";
 
 /// One unpublished row, locked by the relay's transaction.
 #[derive(Debug, Clone, PartialEq)]

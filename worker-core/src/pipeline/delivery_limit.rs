@@ -106,7 +106,7 @@ mod tests {
             pool: sqlx::postgres::PgPoolOptions::new()
                 .connect_lazy("postgres://unused.invalid/unused")
                 .expect("a lazy pool never connects here"),
-            dedup: crate::DedupStore::new(
+            dedup: crate::dedup::store::DedupStore::new(
                 crate::dedup::identifier::Identifier::new("public").expect("identifier"),
             ),
             consumer: "tests".into(),

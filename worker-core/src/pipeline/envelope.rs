@@ -41,9 +41,9 @@ pub struct Envelope {
     /// The routing key the producer used (retry copies carry it in a header).
     pub routing_key: String,
     /// Failures before this delivery, from the message's own headers.
-    pub retry: RetryState,
+    pub(crate) retry: RetryState,
     /// The trace this event belongs to.
-    pub trace: TraceContext,
+    pub(crate) trace: TraceContext,
     /// The headers as the producer sent them.
     pub original_headers: Headers,
     /// The producer's `correlation_id`.

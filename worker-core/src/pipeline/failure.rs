@@ -22,15 +22,15 @@ use crate::trace_context::TRACEPARENT_HEADER;
 use crate::transport::{PublishKind, PublishSpan};
 
 /// Header on dead-letter messages: the handler that gave up.
-pub const DLQ_HANDLER_HEADER: &str = "x-worker-handler";
+pub(crate) const DLQ_HANDLER_HEADER: &str = "x-worker-handler";
 /// Header on dead-letter messages: `poison` or `retryable`.
-pub const DLQ_ERROR_KIND_HEADER: &str = "x-worker-error-kind";
+pub(crate) const DLQ_ERROR_KIND_HEADER: &str = "x-worker-error-kind";
 
 /// Longest `lastError` kept in a retry copy's header (the record keeps the whole text).
 const MAX_ERROR_HEADER_CHARS: usize = 500;
 
 /// Decides between a retry and a dead letter after the handler failed with `error`.
-pub fn after_failure(
+pub(crate) fn after_failure(
     spec: &HandlerSpec,
     runtime: &Runtime,
     message: &InboundMessage,
@@ -128,7 +128,7 @@ fn publish_span(spec: &HandlerSpec, runtime: &Runtime, kind: PublishKind) -> tra
 }
 
 /// Builds the dead-letter record of §5 and the message that carries it.
-pub fn dead_letter(
+pub(crate) fn dead_letter(
     spec: &HandlerSpec,
     runtime: &Runtime,
     message: &InboundMessage,

@@ -7,13 +7,13 @@
 //! handler + commit), [`failure`] (retry copy or dead-letter record), and [`batch`] (several
 //! deliveries of one dedup handler in one transaction, a savepoint each).
 
-pub mod batch;
-pub mod decode;
-pub mod delivery_limit;
-pub mod disposition;
-pub mod envelope;
-pub mod failure;
-pub mod transaction;
+pub(crate) mod batch;
+pub(crate) mod decode;
+pub(crate) mod delivery_limit;
+pub(crate) mod disposition;
+pub(crate) mod envelope;
+pub(crate) mod failure;
+pub(crate) mod transaction;
 
 use std::sync::Arc;
 

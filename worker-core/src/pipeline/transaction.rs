@@ -14,7 +14,7 @@ use crate::handler::{Handler, HandlerSpec};
 
 /// What happened in the transaction step.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Handler succeeded; for a dedup handler its transaction is committed.
     Done,
     /// The dedup row existed: the handler did not run.
@@ -26,7 +26,7 @@ pub enum Outcome {
 }
 
 /// Runs the handler, inside the dedup transaction when the handler has `dedup`.
-pub async fn run<H: Handler>(
+pub(crate) async fn run<H: Handler>(
     handler: &H,
     spec: &HandlerSpec,
     runtime: &Runtime,

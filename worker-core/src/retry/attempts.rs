@@ -32,7 +32,7 @@ pub const WORKER_HEADER_PREFIX: &str = "x-worker-";
 
 /// Where a delivery stands in its retry schedule, read from its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryState {
+pub(crate) struct RetryState {
     /// Failed attempts before this delivery, clamped to `0..max_attempts`.
     pub failures: u32,
     /// When the first attempt failed, if one did.
@@ -43,7 +43,7 @@ impl RetryState {
     /// Reads the state from headers, clamping a malformed or forged count: a negative,
     /// non-numeric or missing count reads as 0, and a count at or above `max_attempts` reads as
     /// `max_attempts - 1`, so the delivery still gets one attempt.
-    pub fn read(headers: &Headers, max_attempts: u32) -> Self {
+    pub(crate) fn read(headers: &Headers, max_attempts: u32) -> Self {
         let raw = headers
             .get(ATTEMPTS_HEADER)
             .and_then(HeaderValue::as_i128)
@@ -66,7 +66,7 @@ impl RetryState {
     }
 
     /// The 1-based number of the attempt this delivery is.
-    pub fn attempt(&self) -> u32 {
+    pub(crate) fn attempt(&self) -> u32 {
         self.failures + 1
     }
 }

@@ -1,5 +1,5 @@
 //! Retries: the backoff schedule ([`policy`]) and the attempt bookkeeping that travels in the
 //! message's own headers ([`attempts`]).
 
-pub mod attempts;
-pub mod policy;
+pub(crate) mod attempts;
+pub(crate) mod policy;

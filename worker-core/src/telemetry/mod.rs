@@ -2,8 +2,8 @@
 //! ([`metrics`]), liveness and readiness ([`health`]), the HTTP endpoint serving them
 //! ([`server`]), and the log and trace pipeline ([`logging`]).
 
-pub mod health;
+pub(crate) mod health;
 pub mod logging;
-pub mod metrics;
-pub mod propagation;
+pub(crate) mod metrics;
+pub(crate) mod propagation;
 pub mod server;

@@ -14,7 +14,7 @@ use crate::trace_context::{TraceContext, TraceOrigin};
 /// that carried none starts a trace: when an OpenTelemetry layer is installed its new root span's
 /// trace id is adopted (so logs, spans and the dead-letter record agree); without one the id the
 /// worker generated stands.
-pub fn attach(span: &tracing::Span, trace: &mut TraceContext) {
+pub(crate) fn attach(span: &tracing::Span, trace: &mut TraceContext) {
     if trace.origin == TraceOrigin::Started {
         let context = span.context();
         let span_context = context.span().span_context().clone();

@@ -37,7 +37,7 @@ impl Freshness {
 ///
 /// ```no_run
 /// use sqlx::PgConnection;
-/// use worker_core::versioning::{apply_if_newer, Freshness};
+/// use worker_core::{apply_if_newer, Freshness};
 /// use worker_core::{handler, Context, HandlerError};
 ///
 /// #[derive(serde::Deserialize)]

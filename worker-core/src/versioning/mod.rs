@@ -27,8 +27,8 @@
 //!   fields, e.g. `entity_id = "ord_1/status"`) or let the create event fill only the columns
 //!   that are still NULL.
 
-pub mod freshness;
-pub mod migrations;
+pub(crate) mod freshness;
+pub(crate) mod migrations;
 
 pub use freshness::{applied_version, apply_if_newer, Freshness};
 
@@ -38,7 +38,7 @@ use crate::dedup::identifier::Identifier;
 use crate::migrations::MigrationError;
 
 /// Brings the `entity_versions` table in `schema` up to date (the versioning component of
-/// [`crate::migrations`]).
+/// [`crate::transport::migrations`]).
 pub async fn migrate(pool: &PgPool, schema: &Identifier) -> Result<(), MigrationError> {
     crate::migrations::run(pool, schema, &[&migrations::COMPONENT])
         .await

@@ -125,7 +125,7 @@ pub(crate) enum KindArg {
 
 /// A duration back from now: `30s`, `15m`, `2h`, `7d`.
 fn parse_since(value: &str) -> Result<DateTime<Utc>, String> {
-    let duration = worker_core::config::parse_duration(value)?;
+    let duration = worker_core::transport::config::parse_duration(value)?;
     let duration = chrono::Duration::from_std(duration).map_err(|e| e.to_string())?;
     Ok(Utc::now() - duration)
 }

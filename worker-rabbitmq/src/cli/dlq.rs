@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lapin::Connection;
 use serde_json::json;
-use worker_core::dead_letter::record::format_time;
+use worker_core::transport::dead_letter::format_time;
 use worker_core::{DeadLetterRecord, ErrorKind};
 
 use super::args::{DlqCommand, FilterArgs, ListArgs, PurgeArgs, ReplayArgs, ShowArgs, StatsArgs};
@@ -299,7 +299,7 @@ fn show_record(console: &mut Console, record: &DeadLetterRecord, now: DateTime<U
             console.line(format!("    {line}"));
         }
     }
-    if original.body_encoding == worker_core::dead_letter::record::BodyEncoding::Base64 {
+    if original.body_encoding == worker_core::transport::dead_letter::BodyEncoding::Base64 {
         console.line(format!("  body (base64, not UTF-8): {}", original.body));
     }
 }
@@ -586,13 +586,13 @@ async fn replay(
             "messaging.message.id" = entry.event_id().as_deref().unwrap_or(""),
             "worker.replay" = true,
         );
-        let traceparent = worker_core::telemetry::propagation::traceparent(
+        let traceparent = worker_core::transport::telemetry::traceparent(
             &span,
             &record.failure_metadata.trace_id,
         );
         message.properties.headers.insert(
-            worker_core::retry::attempts::WORKER_TRACEPARENT_HEADER.into(),
-            worker_core::HeaderValue::string(traceparent),
+            worker_core::transport::retry::WORKER_TRACEPARENT_HEADER.into(),
+            worker_core::transport::message::HeaderValue::string(traceparent),
         );
         if let Err(source) =
             tracing::Instrument::instrument(publisher.publish("", &held.names.work, &message), span)

@@ -7,7 +7,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::json;
-use worker_core::partition::PARTITION_KEY_HEADER;
+use worker_core::transport::partition::PARTITION_KEY_HEADER;
 
 use super::args::TopologyArgs;
 use super::format::{duration, Colour, Console};

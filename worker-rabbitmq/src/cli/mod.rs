@@ -11,8 +11,8 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
-use worker_core::config::ConfigError;
-use worker_core::outbox::OutboxSettings;
+use worker_core::ConfigError;
+use worker_core::OutboxSettings;
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use crate::demo::{DemoError, DemoHook};
@@ -192,7 +192,8 @@ async fn dispatch(
         Command::Demo(args) => inspect::demo(&setup, args.json, console).await,
         Command::Dlq(command) => dlq::run(&setup, command, console).await,
         Command::Outbox(args::OutboxCommand::Relay) => {
-            let _telemetry = worker_core::telemetry::logging::init(&setup.config.consumer);
+            let _telemetry =
+                worker_core::transport::telemetry::logging::init(&setup.config.consumer);
             crate::relay::Relay::run(setup.settings()).await?;
             Ok(0)
         }

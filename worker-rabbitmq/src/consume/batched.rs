@@ -1,7 +1,7 @@
 //! Batched consumption of a dedup handler's work queue: the deliveries that are ready together
 //! (up to the batch size; the first never waits unless a linger is configured) are processed in
-//! one transaction by [`worker_core::pipeline::batch`], and settled together after the commit,
-//! with one `multiple` ack where that is safe (the channel's [`Ledger`] decides).
+//! one transaction by [`worker_core::transport::pipeline::process_batch`], and settled together
+//! after the commit, with one `multiple` ack where that is safe (the channel's [`Ledger`] decides).
 //!
 //! While every batch slot of the handler is busy, new deliveries wait in the consumer's buffer
 //! and form the next batch when a slot frees, so batches fill up under a backlog; without one the

@@ -9,9 +9,11 @@
 use std::time::Instant;
 
 use lapin::Acker;
-use worker_core::partition::key_of;
-use worker_core::retry::attempts::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
-use worker_core::{Disposition, HeaderValue, InboundMessage, OutboundMessage, Properties};
+use worker_core::transport::message::{HeaderValue, Properties};
+use worker_core::transport::partition::key_of;
+use worker_core::transport::pipeline::{Disposition, OutboundMessage};
+use worker_core::transport::retry::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
+use worker_core::InboundMessage;
 
 use super::Each;
 use crate::runner::Runner;

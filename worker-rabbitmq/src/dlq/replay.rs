@@ -1,10 +1,12 @@
 //! What a replay publishes: the original message, as the producer sent it.
 
-use worker_core::retry::attempts::{
+use worker_core::transport::message::HeaderValue;
+use worker_core::transport::pipeline::OutboundMessage;
+use worker_core::transport::retry::{
     ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER,
 };
-use worker_core::trace_context::{parse_traceparent, TRACEPARENT_HEADER};
-use worker_core::{DeadLetterRecord, HeaderValue, OutboundMessage};
+use worker_core::transport::trace_context::{parse_traceparent, TRACEPARENT_HEADER};
+use worker_core::DeadLetterRecord;
 
 /// The message that replays `record` to its handler's work queue: the original body byte for
 /// byte and every original property and header, plus

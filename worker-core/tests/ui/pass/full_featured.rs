@@ -83,7 +83,7 @@ fn main() {
     let spec = assert_handler(record_shipment).spec();
     assert_eq!(spec.name, "record-shipment");
     assert_eq!(spec.event_type, "OrderShipped");
-    assert_eq!(spec.concurrency, worker_core::handler::DEFAULT_CONCURRENCY);
+    assert_eq!(spec.concurrency, worker_core::transport::config::DEFAULT_CONCURRENCY);
     assert_eq!(
         spec.retry,
         RetryPolicy {

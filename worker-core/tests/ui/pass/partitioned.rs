@@ -1,5 +1,5 @@
 use sqlx::PgConnection;
-use worker_core::partition::Partitioning;
+use worker_core::Partitioning;
 use worker_core::{handler, Context, Handler, HandlerError};
 
 #[derive(serde::Deserialize)]

@@ -26,7 +26,7 @@ fn main() {
     assert_eq!(spec.event_type, "UserSignedUp");
     assert!(!spec.dedup);
     assert_eq!(spec.retry, RetryPolicy::DEFAULT);
-    assert_eq!(spec.concurrency, worker_core::handler::DEFAULT_CONCURRENCY);
+    assert_eq!(spec.concurrency, worker_core::transport::config::DEFAULT_CONCURRENCY);
 
     let ok = futures::executor::block_on(send_welcome_email::handle(UserSignedUp {
         email: "ada@example.com".into(),

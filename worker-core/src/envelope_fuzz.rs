@@ -3,13 +3,14 @@
 //! record. No input may panic, a count is always clamped, and a record always gives back the
 //! original bytes. Failing cases are kept by proptest in `proptest-regressions/` (the corpus).
 
+use crate::dead_letter::record::OriginalMessage;
+use crate::message::headers::{HeaderValue, Headers};
+use crate::message::inbound::{InboundMessage, Properties};
+use crate::pipeline::decode;
+use crate::pipeline::envelope::Envelope;
+use crate::retry::attempts::{self, RetryState, ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER};
+use crate::trace_context::{parse_traceparent, TraceContext};
 use proptest::prelude::*;
-use worker_core::dead_letter::record::OriginalMessage;
-use worker_core::pipeline::decode;
-use worker_core::pipeline::envelope::Envelope;
-use worker_core::retry::attempts::{self, RetryState, ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER};
-use worker_core::trace_context::{parse_traceparent, TraceContext};
-use worker_core::{HeaderValue, Headers, InboundMessage, Properties};
 
 fn header_value() -> impl Strategy<Value = HeaderValue> {
     let leaf = prop_oneof![
@@ -53,7 +54,7 @@ fn header_name() -> impl Strategy<Value = String> {
         Just("x-worker-trace-id".to_owned()),
         Just("x-worker-exchange".to_owned()),
         Just("x-worker-routing-key".to_owned()),
-        Just("x-death".to_owned()),
+        Just("x-broker-history".to_owned()),
         ".{0,20}",
     ]
 }
@@ -178,7 +179,7 @@ fn seed_corpus() {
             HeaderValue::string("00-00000000000000000000000000000000-0000000000000000-00"),
         ),
         ("traceparent", HeaderValue::Table(Headers::new())),
-        ("x-death", HeaderValue::string("not an array")),
+        ("x-broker-history", HeaderValue::string("not an array")),
     ];
     for (name, value) in cases {
         let mut message = InboundMessage::default();
