@@ -12,10 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use lapin::Acker;
 use tokio::sync::{oneshot, Mutex};
 
-use crate::ack;
+use crate::ack::{self, Acker};
 
 /// How long durable deliveries wait for older deliveries of the channel to settle, so that one
 /// `multiple` ack covers them all, before they are acked one by one.
@@ -293,13 +292,13 @@ mod tests {
         use lapin::types::{AMQPValue, FieldTable};
         use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-        use super::{Ledger, ACK_WAIT};
+        use super::{Acker, Ledger, ACK_WAIT};
 
         let url = std::env::var("AMQP_URL")
             .unwrap_or_else(|_| crate::settings::DEFAULT_AMQP_URL.to_owned());
         let properties = ConnectionProperties::default();
         let connection = Connection::connect(&url, properties).await.expect("broker");
-        let channel = connection.create_channel().await.expect("channel");
+        let channel = Arc::new(connection.create_channel().await.expect("channel"));
         let queue = format!("ledger-test-{}", rand::random::<u64>());
         let mut arguments = FieldTable::default();
         arguments.insert(
@@ -351,7 +350,8 @@ mod tests {
                 .expect("stream open")
                 .expect("delivery");
             ledger.track(delivery.delivery_tag).await;
-            deliveries.push((delivery.delivery_tag, delivery.acker));
+            let tag = delivery.delivery_tag;
+            deliveries.push((tag, Acker::new(Arc::clone(&channel), tag)));
         }
         // No more deliveries: the one given back below must stay in the queue.
         channel
@@ -363,10 +363,10 @@ mod tests {
         let (held_back, late) = (deliveries[30].clone(), batch(31..40));
 
         // The youngest batch first: it must wait for 1..=20 and be covered by their ack.
-        let acking = |batch: Vec<(u64, lapin::Acker)>| {
+        let acking = |batch: Vec<(u64, Acker)>| {
             let ledger = Arc::clone(&ledger);
             tokio::spawn(async move {
-                let refs: Vec<(u64, &lapin::Acker)> =
+                let refs: Vec<(u64, &Acker)> =
                     batch.iter().map(|(tag, acker)| (*tag, acker)).collect();
                 let started = Instant::now();
                 let acked = ledger.ack(&refs).await;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::Acker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +23,7 @@ use worker_core::transport::telemetry::Health;
 use worker_core::Settlement;
 use worker_core::{ErrorKind, HandlerSpec, InboundMessage};
 
-use crate::ack;
+use crate::ack::{self, Acker};
 use crate::error::WorkerError;
 use crate::publisher::Publisher;
 use crate::settle::{self, Outlets, Settled};

@@ -7,13 +7,12 @@
 
 use std::time::Duration;
 
-use lapin::Acker;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use worker_core::transport::pipeline::{Disposition, OutboundMessage};
 use worker_core::RetryPolicy;
 
-use crate::ack;
+use crate::ack::{self, Acker};
 use crate::delay;
 use crate::ledger::Ledger;
 use crate::publisher::{PublishError, Publisher};

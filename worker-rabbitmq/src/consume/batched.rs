@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
+use lapin::Channel;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use super::Take;
+use crate::ack::Acker;
 use crate::error::WorkerError;
 use crate::ledger::Ledger;
 use crate::runner::Runner;
@@ -79,6 +81,7 @@ impl Take for Batched {
     async fn take(
         &mut self,
         runner: &Arc<Runner>,
+        channel: &Arc<Channel>,
         first: Delivery,
         slot: OwnedSemaphorePermit,
         consumer: &mut lapin::Consumer,
@@ -120,6 +123,7 @@ impl Take for Batched {
         }
         let task = handle(
             Arc::clone(runner),
+            Arc::clone(channel),
             batch,
             Arc::clone(&self.ledger),
             batch_slot,
@@ -133,6 +137,7 @@ impl Take for Batched {
 /// batch slot once its transaction is over (before the acks).
 async fn handle(
     runner: Arc<Runner>,
+    channel: Arc<Channel>,
     batch: Vec<(Delivery, OwnedSemaphorePermit)>,
     ledger: Arc<Ledger>,
     batch_slot: OwnedSemaphorePermit,
@@ -141,7 +146,8 @@ async fn handle(
     let mut ackers = Vec::with_capacity(deliveries.len());
     let mut messages = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        ackers.push((delivery.delivery_tag, delivery.acker.clone()));
+        let tag = delivery.delivery_tag;
+        ackers.push((tag, Acker::new(Arc::clone(&channel), tag)));
         messages.push(super::work_message(delivery));
     }
     for message in &messages {

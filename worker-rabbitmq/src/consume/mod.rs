@@ -22,11 +22,11 @@ use std::time::Instant;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::Acker;
 use lapin::Channel;
 use tokio::sync::OwnedSemaphorePermit;
 use worker_core::{HandlerSpec, InboundMessage, WorkerConfig};
 
+use crate::ack::Acker;
 use crate::convert;
 use crate::deaths;
 use crate::error::WorkerError;
@@ -168,13 +168,16 @@ pub(crate) async fn consume(
     if plan.readiness {
         runner.health.consumer_started();
     }
+    // Shared with the ackers of the deliveries in flight (see [`Acker`]).
+    let channel = Arc::new(channel);
+    let source = (&runner, &channel, &mut consumer);
     let result = match plan.strategy {
-        Strategy::Single(single) => run(&runner, &mut consumer, single).await,
+        Strategy::Single(single) => run(source, single).await,
         Strategy::Batched(batching) => {
             let batched = Batched::new(batching, runner.spec.concurrency);
-            run(&runner, &mut consumer, batched).await
+            run(source, batched).await
         }
-        Strategy::Partitioned(partitioned) => run(&runner, &mut consumer, partitioned).await,
+        Strategy::Partitioned(partitioned) => run(source, partitioned).await,
     };
     if plan.readiness {
         runner.health.consumer_stopped();
@@ -191,13 +194,14 @@ pub(crate) async fn consume(
 
 /// What a strategy does with each delivery the consume loop takes.
 trait Take: Send {
-    /// Takes `delivery`, which holds `slot` (one of the runner's slots in flight): spawns its
-    /// processing on the runner's task tracker. A strategy that groups deliveries may read more
+    /// Takes `delivery` of `channel`, which holds `slot` (one of the runner's slots in flight):
+    /// spawns its processing on the runner's task tracker. A strategy that groups deliveries may read more
     /// of the ready ones from `consumer` first; it returns `Some` when the stream ended meanwhile
     /// (`Ok` when asked to stop).
     fn take(
         &mut self,
         runner: &Arc<Runner>,
+        channel: &Arc<Channel>,
         delivery: Delivery,
         slot: OwnedSemaphorePermit,
         consumer: &mut lapin::Consumer,
@@ -225,11 +229,12 @@ impl<S: Each> Take for S {
     async fn take(
         &mut self,
         runner: &Arc<Runner>,
+        channel: &Arc<Channel>,
         delivery: Delivery,
         slot: OwnedSemaphorePermit,
         _consumer: &mut lapin::Consumer,
     ) -> Option<Result<(), WorkerError>> {
-        let acker = delivery.acker.clone();
+        let acker = Acker::new(Arc::clone(channel), delivery.delivery_tag);
         let message = self.message(delivery);
         // The task is `handle`'s own future (no wrapping block): an async fn keeps its arguments
         // for its whole life, so each should be stored once, and converted already.
@@ -263,8 +268,7 @@ fn work_message(delivery: Delivery) -> InboundMessage {
 
 /// The consume loop: the next delivery, a free slot for it, then the strategy's turn.
 async fn run(
-    runner: &Arc<Runner>,
-    consumer: &mut lapin::Consumer,
+    (runner, channel, consumer): (&Arc<Runner>, &Arc<Channel>, &mut lapin::Consumer),
     mut strategy: impl Take,
 ) -> Result<(), WorkerError> {
     loop {
@@ -274,7 +278,10 @@ async fn run(
         let Some(slot) = runner.slot().await else {
             return Ok(());
         };
-        if let Some(end) = strategy.take(runner, delivery, slot, consumer).await {
+        if let Some(end) = strategy
+            .take(runner, channel, delivery, slot, consumer)
+            .await
+        {
             return end;
         }
     }

@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use lapin::Acker;
 use worker_core::transport::message::{HeaderValue, Properties};
 use worker_core::transport::partition::key_of;
 use worker_core::transport::pipeline::{Disposition, OutboundMessage};
@@ -16,6 +15,7 @@ use worker_core::transport::retry::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_K
 use worker_core::InboundMessage;
 
 use super::Each;
+use crate::ack::Acker;
 use crate::runner::Runner;
 use crate::settle::{self, Settled};
 

@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use lapin::message::Delivery;
-use lapin::Acker;
 use worker_core::InboundMessage;
 
 use super::Each;
+use crate::ack::Acker;
 use crate::convert;
 use crate::deaths;
 use crate::runner::Runner;
