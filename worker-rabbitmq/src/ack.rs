@@ -1,8 +1,5 @@
-//! The two broker calls that settle a delivery, each logging its own failure. Both [`settle`]
-//! (one delivery) and the batches' [`ledger`] go through them; neither imports the other for it.
-//!
-//! [`settle`]: crate::settle
-//! [`ledger`]: crate::ledger
+//! The two broker calls that settle a delivery, each logging its own failure. Both `settle` (one
+//! delivery) and the batches' `ledger` go through them; neither imports the other for it.
 
 use std::sync::Arc;
 
@@ -30,6 +27,11 @@ impl Acker {
     /// The acker of the delivery `tag` of `channel`.
     pub(crate) fn new(channel: Arc<Channel>, tag: u64) -> Self {
         Self { channel, tag }
+    }
+
+    /// The delivery tag it settles.
+    pub(crate) fn tag(&self) -> u64 {
+        self.tag
     }
 }
 

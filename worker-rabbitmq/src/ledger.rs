@@ -145,10 +145,10 @@ impl Ledger {
         self.state.lock().await.book.track(tag);
     }
 
-    /// Acks durable `deliveries` (tag, acker): together with older ones in one `multiple` ack as
+    /// Acks durable `deliveries`: together with older ones in one `multiple` ack as
     /// soon as every older delivery is settled, or one by one after [`ACK_WAIT`]. Returns for
     /// each, in the order given, whether its ack went out.
-    pub(crate) async fn ack(&self, deliveries: &[(u64, &Acker)]) -> Vec<bool> {
+    pub(crate) async fn ack(&self, deliveries: &[&Acker]) -> Vec<bool> {
         if deliveries.is_empty() {
             return Vec::new();
         }
@@ -165,9 +165,9 @@ impl Ledger {
                     done: Some(tell),
                 },
             );
-            for &(tag, acker) in deliveries {
+            for &acker in deliveries {
                 let acker = acker.clone();
-                state.book.durable(tag, Waiting { acker, batch });
+                state.book.durable(acker.tag(), Waiting { acker, batch });
             }
             state.flush().await;
             (done, batch)
@@ -188,14 +188,14 @@ impl Ledger {
             .unwrap_or_default();
         deliveries
             .iter()
-            .map(|(tag, _)| acked.get(tag).copied().unwrap_or(false))
+            .map(|acker| acked.get(&acker.tag()).copied().unwrap_or(false))
             .collect()
     }
 
     /// Gives one delivery back (nack with requeue); acks waiting only for it go out.
-    pub(crate) async fn nack(&self, tag: u64, acker: &Acker) {
+    pub(crate) async fn nack(&self, acker: &Acker) {
         let mut state = self.state.lock().await;
-        state.book.given_back(tag);
+        state.book.given_back(acker.tag());
         ack::nack(acker).await;
         state.flush().await;
     }
@@ -350,8 +350,7 @@ mod tests {
                 .expect("stream open")
                 .expect("delivery");
             ledger.track(delivery.delivery_tag).await;
-            let tag = delivery.delivery_tag;
-            deliveries.push((tag, Acker::new(Arc::clone(&channel), tag)));
+            deliveries.push(Acker::new(Arc::clone(&channel), delivery.delivery_tag));
         }
         // No more deliveries: the one given back below must stay in the queue.
         channel
@@ -363,11 +362,10 @@ mod tests {
         let (held_back, late) = (deliveries[30].clone(), batch(31..40));
 
         // The youngest batch first: it must wait for 1..=20 and be covered by their ack.
-        let acking = |batch: Vec<(u64, Acker)>| {
+        let acking = |batch: Vec<Acker>| {
             let ledger = Arc::clone(&ledger);
             tokio::spawn(async move {
-                let refs: Vec<(u64, &Acker)> =
-                    batch.iter().map(|(tag, acker)| (*tag, acker)).collect();
+                let refs: Vec<&Acker> = batch.iter().collect();
                 let started = Instant::now();
                 let acked = ledger.ack(&refs).await;
                 (acked, started.elapsed())
@@ -395,7 +393,7 @@ mod tests {
             waited >= ACK_WAIT,
             "the late batch waited for delivery 31 first ({waited:?})"
         );
-        ledger.nack(held_back.0, &held_back.1).await;
+        ledger.nack(&held_back).await;
 
         // An ack of a tag already settled would have closed the channel (PRECONDITION_FAILED).
         channel

@@ -1,7 +1,7 @@
 //! The runner of one consumer: everything its deliveries need (the handler with its effective
 //! spec and queue names, the pipeline's runtime, the session's publisher, the worker's health and
 //! stop signals, the consumer's slots in flight), and what every consume strategy of
-//! [`consume`](crate::consume) shares: the next delivery of the stream, the wait for a free slot,
+//! `consume` shares: the next delivery of the stream, the wait for a free slot,
 //! the one loop that holds deliveries through a database outage, the observer's calls, and the
 //! settling of one delivery.
 //!

@@ -61,7 +61,7 @@ pub(crate) async fn settle(
 /// for each delivery `i` once its ack or nack went out.
 pub(crate) async fn settle_batch(
     ledger: &Ledger,
-    deliveries: &[(u64, Acker)],
+    deliveries: &[Acker],
     dispositions: &[Disposition],
     outlets: Outlets<'_>,
     batch_slot: OwnedSemaphorePermit,
@@ -77,10 +77,7 @@ pub(crate) async fn settle_batch(
             Verdict::GiveBack => to_give_back.push(i),
         }
     }
-    let acks: Vec<(u64, &Acker)> = to_ack
-        .iter()
-        .map(|&i| (deliveries[i].0, &deliveries[i].1))
-        .collect();
+    let acks: Vec<&Acker> = to_ack.iter().map(|&i| &deliveries[i]).collect();
     let acked = ledger.ack(&acks).await;
     for (&i, acked) in to_ack.iter().zip(acked) {
         settled(i, acked);
@@ -89,7 +86,7 @@ pub(crate) async fn settle_batch(
         // Not at once: a broken publish or database must not become a hot redelivery loop.
         tokio::time::sleep(GIVE_BACK_PAUSE).await;
         for &i in &to_give_back {
-            ledger.nack(deliveries[i].0, &deliveries[i].1).await;
+            ledger.nack(&deliveries[i]).await;
             settled(i, false);
         }
     }

@@ -146,8 +146,7 @@ async fn handle(
     let mut ackers = Vec::with_capacity(deliveries.len());
     let mut messages = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        let tag = delivery.delivery_tag;
-        ackers.push((tag, Acker::new(Arc::clone(&channel), tag)));
+        ackers.push(Acker::new(Arc::clone(&channel), delivery.delivery_tag));
         messages.push(super::work_message(delivery));
     }
     for message in &messages {
@@ -158,8 +157,8 @@ async fn handle(
         biased;
         _ = runner.stop.abandon.cancelled() => {
             tracing::warn!(handler = runner.spec.name, size = messages.len(), "shutdown deadline passed: giving the batch back unfinished");
-            for (message, (tag, acker)) in messages.iter().zip(&ackers) {
-                ledger.nack(*tag, acker).await;
+            for (message, acker) in messages.iter().zip(&ackers) {
+                ledger.nack(acker).await;
                 runner.settled(message, "abandoned", None, false, started.elapsed());
             }
             return;

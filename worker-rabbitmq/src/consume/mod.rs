@@ -195,9 +195,9 @@ pub(crate) async fn consume(
 /// What a strategy does with each delivery the consume loop takes.
 trait Take: Send {
     /// Takes `delivery` of `channel`, which holds `slot` (one of the runner's slots in flight):
-    /// spawns its processing on the runner's task tracker. A strategy that groups deliveries may read more
-    /// of the ready ones from `consumer` first; it returns `Some` when the stream ended meanwhile
-    /// (`Ok` when asked to stop).
+    /// spawns its processing on the runner's task tracker. A strategy that groups deliveries may
+    /// read more of the ready ones from `consumer` first; it returns `Some` when the stream ended
+    /// meanwhile (`Ok` when asked to stop).
     fn take(
         &mut self,
         runner: &Arc<Runner>,
