@@ -83,6 +83,9 @@ async fn one_batch_settles_each_event_on_its_own() {
         observer: Arc::new(NoopObserver),
         max_payload_bytes: 4 * 1024 * 1024,
         spans: Arc::new(CoreSpans),
+        states: worker_core::transport::pipeline::States::new(),
+        clock: worker_core::transport::pipeline::Clock::system(),
+        jitter: worker_core::transport::pipeline::Jitter::random(),
     };
     let spec = Handler::spec(&scripted);
     let batch = [

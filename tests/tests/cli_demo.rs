@@ -119,8 +119,15 @@ async fn demo_outcomes_then_find_fix_and_replay() {
         .is_some_and(|e| e.contains("IssuerUnavailable")));
     assert_eq!(env.count(CHARGES, &issuer).await, 0);
 
-    // Fix the cause, replay by trace id: charged exactly once.
+    // Fix the cause (the gateway is state, read once when the worker is built: restart it, as
+    // the README says), replay by trace id: charged exactly once.
+    worker.shutdown().await.expect("shutdown");
     std::env::set_var("PAYMENT_ISSUER_DOWN_FOR", "none");
+    let worker = order_worker::worker()
+        .settings(env.settings())
+        .start()
+        .await
+        .expect("worker restarts");
     let replay = cli(&env, &["dlq", "replay", "--trace-id", &issuer_trace[..10]]).await;
     assert_eq!(replay.code, 0, "{}", replay.stderr);
     eventually("the replayed order is charged", || async {

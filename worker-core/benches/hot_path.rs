@@ -135,6 +135,9 @@ fn processing(c: &mut Criterion) {
         observer: Arc::new(NoopObserver),
         max_payload_bytes: usize::MAX,
         spans: Arc::new(CoreSpans),
+        states: worker_core::transport::pipeline::States::new(),
+        clock: worker_core::transport::pipeline::Clock::system(),
+        jitter: worker_core::transport::pipeline::Jitter::random(),
     };
     let spec = noop.spec();
     let message = message();

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::message::headers::Headers;
+use crate::message::headers::{HeaderValue, Headers};
+use crate::state::States;
 
 /// The delivery's identity and history, handed to every handler call.
 ///
@@ -21,7 +22,9 @@ pub struct Context {
     pub(crate) correlation_id: Option<String>,
     pub(crate) redelivered: bool,
     pub(crate) headers: Headers,
-    pub(crate) pool: PgPool,
+    /// Always `Some` in a worker; `None` only in a context built for a test without a pool.
+    pub(crate) pool: Option<PgPool>,
+    pub(crate) states: States,
 }
 
 impl Context {
@@ -82,7 +85,152 @@ impl Context {
 
     /// The worker's connection pool, for handlers without `dedup` that still use the database.
     /// A `dedup` handler should write through the transaction it is given instead.
+    ///
+    /// # Panics
+    ///
+    /// Only for a context built for a test ([`Context::builder`]) without
+    /// [`pool`](ContextBuilder::pool); a worker always has a pool.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.pool.as_ref().expect(
+            "this Context was built for a test without a pool: add `.pool(pool)` to Context::builder()",
+        )
+    }
+
+    /// The application state of type `T` the worker was given, if any (what a `State<T>`
+    /// parameter receives).
+    pub fn state<T: 'static>(&self) -> Option<&T> {
+        self.states.get::<T>()
+    }
+
+    pub(crate) fn states(&self) -> &States {
+        &self.states
+    }
+
+    /// A context for calling a handler directly in a unit test: attempt 1 of 1 of event
+    /// `evt_test` by handler `test`, a fresh trace id, no headers, no pool, no state. Set what the
+    /// handler reads:
+    ///
+    /// ```
+    /// use worker_core::Context;
+    ///
+    /// #[derive(Clone)]
+    /// struct Gateway;
+    ///
+    /// let ctx = Context::builder()
+    ///     .event_id("evt_1")
+    ///     .handler("charge-on-order-placed")
+    ///     .attempt(3)
+    ///     .max_attempts(12)
+    ///     .state(Gateway)
+    ///     .build();
+    /// assert_eq!(ctx.event_id(), "evt_1");
+    /// assert_eq!(ctx.attempt(), 3);
+    /// assert!(!ctx.is_last_attempt());
+    /// assert!(ctx.state::<Gateway>().is_some());
+    /// ```
+    pub fn builder() -> ContextBuilder {
+        ContextBuilder {
+            ctx: Context {
+                event_id: "evt_test".into(),
+                event_type: "Test".into(),
+                handler: "test",
+                attempt: 1,
+                max_attempts: 1,
+                first_failed_at: None,
+                trace_id: crate::trace_context::new_trace_id(),
+                correlation_id: None,
+                redelivered: false,
+                headers: Headers::new(),
+                pool: None,
+                states: States::new(),
+            },
+        }
+    }
+}
+
+/// Builds a [`Context`] for a unit test; see [`Context::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call `.build()` to get the Context"]
+pub struct ContextBuilder {
+    ctx: Context,
+}
+
+impl ContextBuilder {
+    /// The event id.
+    pub fn event_id(mut self, id: impl Into<String>) -> Self {
+        self.ctx.event_id = id.into();
+        self
+    }
+
+    /// The event type.
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.ctx.event_type = event_type.into();
+        self
+    }
+
+    /// The handler's name.
+    pub fn handler(mut self, name: &'static str) -> Self {
+        self.ctx.handler = name;
+        self
+    }
+
+    /// Which attempt this is (1-based); `max_attempts` is raised to it if lower.
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.ctx.attempt = attempt.max(1);
+        self.ctx.max_attempts = self.ctx.max_attempts.max(self.ctx.attempt);
+        self
+    }
+
+    /// The attempts in total.
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.ctx.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// When the first attempt failed.
+    pub fn first_failed_at(mut self, at: DateTime<Utc>) -> Self {
+        self.ctx.first_failed_at = Some(at);
+        self
+    }
+
+    /// The trace id (32 lowercase hex digits in a worker).
+    pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
+        self.ctx.trace_id = trace_id.into();
+        self
+    }
+
+    /// The producer's correlation id.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.ctx.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Whether the broker delivered the message before.
+    pub fn redelivered(mut self, redelivered: bool) -> Self {
+        self.ctx.redelivered = redelivered;
+        self
+    }
+
+    /// A header the producer sent.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<HeaderValue>) -> Self {
+        self.ctx.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// The pool [`Context::pool`] returns.
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.ctx.pool = Some(pool);
+        self
+    }
+
+    /// Application state, as a worker's builder takes it (one value per type).
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.ctx.states.insert(value);
+        self
+    }
+
+    /// The context.
+    pub fn build(self) -> Context {
+        self.ctx
     }
 }

@@ -36,6 +36,7 @@
 //! for one broker, see [`transport`]) carries the disposition out and acks only once the outcome
 //! is durable.
 
+mod clock;
 mod config;
 mod context;
 mod dead_letter;
@@ -50,6 +51,7 @@ mod pipeline;
 mod registry;
 mod retry;
 mod shutdown;
+mod state;
 mod telemetry;
 mod trace_context;
 pub mod transport;
@@ -62,7 +64,7 @@ mod envelope_fuzz;
 // one crate and writes one `use` line). The rest of the crate is for transports, behind
 // [`transport`].
 pub use config::{ConfigError, HandlerOverrides, RetryOverrides, WorkerConfig};
-pub use context::Context;
+pub use context::{Context, ContextBuilder};
 pub use dead_letter::record::DeadLetterRecord;
 pub use handler::error::{ErrorKind, HandlerError, Poison, ResultExt, Retryable};
 pub use handler::{BoxFuture, Handler, HandlerSpec};
@@ -71,6 +73,7 @@ pub use observer::{Observer, Settlement};
 pub use outbox::{EnqueueError, Enqueued, Outbox, OutboxEvent, OutboxSettings, RelayObserver};
 pub use partition::Partitioning;
 pub use retry::policy::RetryPolicy;
+pub use state::{State, StateType};
 pub use versioning::{apply_if_newer, Freshness};
 
 /// Marks an async function as an event handler. See the crate docs and `worker-macros`.
@@ -81,7 +84,9 @@ pub use worker_macros::handler;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::{assert_event, BoxFuture, DEFAULT_CONCURRENCY};
+    pub use crate::state::{extract as extract_state, StateValue};
     pub use crate::{Context, Handler, HandlerError, HandlerSpec, Partitioning, RetryPolicy};
+    pub use crate::{State, StateType};
     pub use serde::de::DeserializeOwned;
     pub use sqlx::PgConnection;
     pub use std::boxed::Box;

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use crate::handler::{BoxFuture, Handler, HandlerSpec};
 use crate::message::inbound::InboundMessage;
 use crate::pipeline::{self, disposition::Disposition, Runtime};
+use crate::state::{StateType, States};
 
 /// A handler behind a trait object: its spec and its pipeline.
 pub trait ErasedHandler: Send + Sync + 'static {
     /// The spec as the handler declares it.
     fn spec(&self) -> HandlerSpec;
+    /// The state types it takes (see [`Handler::states`]).
+    fn states(&self) -> Vec<StateType>;
     /// Runs the pipeline for one delivery under the effective `spec`.
     fn process<'a>(
         &'a self,
@@ -32,6 +35,10 @@ pub trait ErasedHandler: Send + Sync + 'static {
 impl<H: Handler> ErasedHandler for H {
     fn spec(&self) -> HandlerSpec {
         Handler::spec(self)
+    }
+
+    fn states(&self) -> Vec<StateType> {
+        Handler::states(self)
     }
 
     fn process<'a>(
@@ -64,6 +71,16 @@ pub enum RegistryError {
     /// Two handlers share a name (and so a queue and dedup state).
     #[error("two handlers are named `{0}`: names are queue names and dedup keys, so they must be unique (set `name = \"...\"` on one)")]
     DuplicateName(String),
+    /// A handler takes a state type the worker was not given.
+    #[error("handler `{handler}` takes `State<{state}>`, but the worker was given no `{state}`: add `.state(value)` to the worker's builder (given: {given})")]
+    MissingState {
+        /// The handler.
+        handler: &'static str,
+        /// The state type.
+        state: &'static str,
+        /// The state types the worker was given.
+        given: String,
+    },
 }
 
 /// The handlers of one worker.
@@ -106,6 +123,25 @@ impl Registry {
             let name = handler.spec().name;
             if !names.insert(name) {
                 return Err(RegistryError::DuplicateName(name.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails when a handler takes a state type that `states` has no value of.
+    pub fn check_states(&self, states: &States) -> Result<(), RegistryError> {
+        for handler in &self.handlers {
+            if let Some(missing) = handler.states().into_iter().find(|t| !states.contains(t)) {
+                let given = states.type_names();
+                return Err(RegistryError::MissingState {
+                    handler: handler.spec().name,
+                    state: missing.name,
+                    given: if given.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        given.join(", ")
+                    },
+                });
             }
         }
         Ok(())

@@ -279,7 +279,8 @@ pub mod pipeline {
     pub use crate::pipeline::decode::{payload, DecodeError};
     pub use crate::pipeline::disposition::{Disposition, OutboundMessage};
     pub use crate::pipeline::envelope::{Envelope, EnvelopeError, MAX_EVENT_ID_BYTES};
-    pub use crate::pipeline::{process, Runtime};
+    pub use crate::pipeline::{process, Clock, Jitter, Runtime};
+    pub use crate::state::States;
 }
 
 /// The handler registry.

@@ -146,6 +146,7 @@ fn expand(args: &Args, name: &str, function: &ItemFn, params: &Params) -> TokenS
     let event_check = event_check(event_ty);
     let spec = spec(args, name);
     let call = call(args, params, &hidden, output);
+    let states = states(params);
 
     quote! {
         #(#cfgs)*
@@ -185,6 +186,8 @@ fn expand(args: &Args, name: &str, function: &ItemFn, params: &Params) -> TokenS
                 #spec
             }
 
+            #states
+
             #call
         }
     }
@@ -204,6 +207,21 @@ fn event_check(event_ty: &Type) -> TokenStream {
     }
 }
 
+/// `Handler::states` for a handler with `State<T>` parameters (the default, none, otherwise).
+/// Whether `T` can be state is checked where it is taken out of the context (see `argument`).
+fn states(params: &Params) -> TokenStream {
+    let types: Vec<&Type> = params.all.iter().filter_map(|p| p.state.as_ref()).collect();
+    if types.is_empty() {
+        return TokenStream::new();
+    }
+    let private = private_path();
+    quote! {
+        fn states(&self) -> ::std::vec::Vec<#private::StateType> {
+            ::std::vec![#(#private::StateType::of::<#types>()),*]
+        }
+    }
+}
+
 /// For the context and the transaction: a function from what the runtime passes to the declared
 /// type, spanned at that type. A wrong type is one error there, and the call that uses the
 /// function's result still type-checks, so the mistake is not reported a second time.
@@ -213,6 +231,20 @@ fn argument(p: &Param) -> (Option<TokenStream>, TokenStream) {
     let private = private_path_at(span);
     let (runtime, arg, given) = match p.role {
         Role::Event => return (None, quote!(__event)),
+        Role::State => {
+            let state = p
+                .state
+                .as_ref()
+                .expect("checked: a state parameter has its type");
+            let local = format_ident!("__state_{}", p.name);
+            let extract = quote_spanned! {span=>
+                let #local: #ty = match #private::extract_state::<#state>(__ctx) {
+                    ::core::result::Result::Ok(state) => state,
+                    ::core::result::Result::Err(error) => return ::core::result::Result::Err(error),
+                };
+            };
+            return (Some(extract), quote!(#local));
+        }
         Role::Context => (
             quote!(&#private::Context),
             format_ident!("__context_arg"),
@@ -330,7 +362,15 @@ fn call(args: &Args, params: &Params, hidden: &Ident, output: &ReturnType) -> To
             };
         }
     });
-    let (arg_functions, call_args): (Vec<_>, Vec<_>) = params.all.iter().map(argument).unzip();
+    let (preludes, call_args): (Vec<_>, Vec<_>) = params.all.iter().map(argument).unzip();
+    // Conversion functions go before the future; state is taken out of the context inside it.
+    let (extracts, arg_functions): (Vec<_>, Vec<_>) = params
+        .all
+        .iter()
+        .zip(preludes)
+        .partition(|(p, _)| p.role == Role::State);
+    let extracts = extracts.into_iter().map(|(_, e)| e);
+    let arg_functions = arg_functions.into_iter().map(|(_, f)| f);
     // Spanned at the return type and at its error type: a result that is not `Result<(), _>`, and
     // an error that does not convert into `HandlerError`, are reported there.
     let (output, error) = match output {
@@ -350,6 +390,7 @@ fn call(args: &Args, params: &Params, hidden: &Ident, output: &ReturnType) -> To
     let boxed = quote_spanned! {at(&hidden)=>
         #hidden_private::Box::pin(async move {
             #take_tx
+            #(#extracts)*
             let #result = #hidden(#(#call_args),*).await;
             #unit_ok
             #map_err

@@ -1,6 +1,7 @@
 //! Checks the handler function's signature and sorts its parameters by role.
 //!
-//! The roles are read off the syntax alone: `&mut T` is the dedup transaction, `&T` the context,
+//! The roles are read off the syntax alone: a type written `State<T>` (any path whose last
+//! segment is `State`) is application state, `&mut T` the dedup transaction, `&T` the context,
 //! anything else the event. Whether `T` is the right type is left to the spanned checks that
 //! `expand` generates, so a wrong type is reported by the compiler at the parameter.
 
@@ -17,6 +18,8 @@ pub(crate) enum Role {
     Context,
     /// `&mut PgConnection`, the dedup transaction.
     Transaction,
+    /// `State<T>`: application state, any number of them (one per type).
+    State,
 }
 
 /// One parameter of the handler function.
@@ -26,6 +29,8 @@ pub(crate) struct Param {
     pub(crate) arg: PatType,
     /// The name the forwarding `handle` function gives it.
     pub(crate) name: Ident,
+    /// For [`Role::State`]: `T` in `State<T>`.
+    pub(crate) state: Option<Type>,
 }
 
 impl Param {
@@ -95,7 +100,21 @@ pub(crate) fn check(sig: &Signature, errors: &mut Errors) -> Params {
                 continue;
             }
         };
+        let mut state = None;
         let role = match &*arg.ty {
+            Type::Path(path) if is_state(path) => match state_type(path) {
+                Some(ty) => {
+                    state = Some(ty.clone());
+                    Role::State
+                }
+                None => {
+                    errors.at(
+                        &arg.ty,
+                        "`State` takes the type of the application state: `State<AppState>`",
+                    );
+                    continue;
+                }
+            },
             Type::Reference(TypeReference {
                 mutability: Some(_),
                 ..
@@ -110,7 +129,7 @@ pub(crate) fn check(sig: &Signature, errors: &mut Errors) -> Params {
             }
             _ => Role::Event,
         };
-        if all.iter().any(|p| p.role == role) {
+        if role != Role::State && all.iter().any(|p| p.role == role) {
             errors.at(arg, second_of(role));
             continue;
         }
@@ -122,6 +141,7 @@ pub(crate) fn check(sig: &Signature, errors: &mut Errors) -> Params {
             role,
             arg: arg.clone(),
             name,
+            state,
         });
     }
     if !all.iter().any(|p| p.role == Role::Event) {
@@ -131,6 +151,27 @@ pub(crate) fn check(sig: &Signature, errors: &mut Errors) -> Params {
         );
     }
     Params { all }
+}
+
+/// Whether the type is written `State<...>` (or `path::State<...>`): the state role.
+fn is_state(path: &syn::TypePath) -> bool {
+    path.qself.is_none()
+        && path
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "State")
+}
+
+/// `T` in `State<T>`, when there is exactly one type argument.
+fn state_type(path: &syn::TypePath) -> Option<&Type> {
+    let syn::PathArguments::AngleBracketed(args) = &path.path.segments.last()?.arguments else {
+        return None;
+    };
+    match args.args.iter().collect::<Vec<_>>()[..] {
+        [syn::GenericArgument::Type(ty)] => Some(ty),
+        _ => None,
+    }
 }
 
 /// The error for a second parameter of `role`.
@@ -144,6 +185,7 @@ fn second_of(role: Role) -> &'static str {
         Role::Transaction => {
             "a handler takes the dedup transaction (`&mut PgConnection`) at most once"
         }
+        Role::State => unreachable!("a handler may take several `State<T>`"),
     }
 }
 
@@ -197,6 +239,21 @@ mod tests {
         assert!(errors[3].contains("cannot take `self`"));
         assert!(errors[4].contains("exactly one event"));
         assert!(errors[5].contains("context (`&Context`) at most once"));
+        let (roles, errors) = check_str(
+            "async fn h(State(g): State<Gateway>, e: E, s: worker::State<Arc<Settings>>) -> R",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            roles,
+            [
+                (Role::State, "arg0".into()),
+                (Role::Event, "e".into()),
+                (Role::State, "s".into())
+            ]
+        );
+        let (_, errors) = check_str("async fn h(e: E, s: State, t: State<A, B>) -> R");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("`State<AppState>`"));
         let (_, errors) = check_str("async fn h(ctx: &Context) -> R");
         assert_eq!(
             errors,

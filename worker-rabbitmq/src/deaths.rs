@@ -171,6 +171,9 @@ mod tests {
             observer: std::sync::Arc::new(worker_core::transport::observer::NoopObserver),
             max_payload_bytes: usize::MAX,
             spans: std::sync::Arc::new(crate::spans::RabbitSpans),
+            states: worker_core::transport::pipeline::States::new(),
+            clock: worker_core::transport::pipeline::Clock::system(),
+            jitter: worker_core::transport::pipeline::Jitter::random(),
         };
         let mut message = InboundMessage {
             routing_key: "h.delivery-limit".into(),

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use worker_core::transport::config::redact_url;
 use worker_core::transport::dedup::DedupStore;
 use worker_core::transport::observer::Observers;
-use worker_core::transport::pipeline::Runtime;
+use worker_core::transport::pipeline::{Clock, Jitter, Runtime, States};
 use worker_core::transport::registry::Registry;
 use worker_core::transport::telemetry::server::{self, Endpoint};
 use worker_core::transport::telemetry::Health;
@@ -42,6 +42,7 @@ impl Worker {
             observers: Vec::new(),
             demo: None,
             outbox: None,
+            states: States::new(),
         }
     }
 }
@@ -56,6 +57,8 @@ pub struct WorkerBuilder {
     demo: Option<crate::demo::DemoHook>,
     /// The outbox relay: `None` not asked for, `Some(None)` settings from the environment.
     outbox: Option<Option<worker_core::OutboxSettings>>,
+    /// The application state handlers take as `State<T>`.
+    states: States,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for WorkerBuilder {
         f.debug_struct("WorkerBuilder")
             .field("handlers", &self.registry)
             .field("settings", &self.settings)
+            .field("states", &self.states)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +75,35 @@ impl WorkerBuilder {
     /// Registers a handler (a function annotated with `#[handler]`).
     pub fn handler<H: Handler>(mut self, handler: H) -> Self {
         self.registry.add(handler);
+        self
+    }
+
+    /// Gives handlers application state: a handler parameter `State<T>` receives a clone of
+    /// `value` for every delivery (one value per type; a second value of a type replaces the
+    /// first). The worker refuses to start when a handler takes a `State<T>` it was not given.
+    ///
+    /// ```no_run
+    /// # use worker_rabbitmq::{handler, HandlerError, State, Worker};
+    /// #[derive(Clone)]
+    /// struct Gateway { base_url: String }
+    ///
+    /// # #[derive(serde::Deserialize)] struct OrderPlaced {}
+    /// #[handler(event = "OrderPlaced")]
+    /// async fn charge(_event: OrderPlaced, State(gateway): State<Gateway>) -> Result<(), HandlerError> {
+    ///     # let _ = gateway.base_url;
+    ///     Ok(())
+    /// }
+    ///
+    /// # async fn run() -> std::process::ExitCode {
+    /// Worker::builder()
+    ///     .state(Gateway { base_url: "https://pay.example".into() })
+    ///     .handler(charge)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
         self
     }
 
@@ -157,6 +190,7 @@ impl WorkerBuilder {
     /// handler's consumer is running.
     pub async fn start(self) -> Result<RunningWorker, WorkerError> {
         self.registry.validate()?;
+        self.registry.check_states(&self.states)?;
         let settings = match self.settings {
             Some(settings) => settings,
             None => Settings::from_env()?,
@@ -218,6 +252,9 @@ impl WorkerBuilder {
             consumer: config.consumer.clone(),
             max_payload_bytes: config.max_payload_bytes,
             spans: Arc::new(crate::spans::RabbitSpans),
+            states: self.states,
+            clock: Clock::system(),
+            jitter: Jitter::random(),
             observer: Arc::new(Observers(
                 std::iter::once(Arc::clone(&metrics) as Arc<dyn Observer>)
                     .chain(self.observers)

@@ -2,11 +2,11 @@
 
 use sqlx::PgConnection;
 use worker_rabbitmq::{
-    apply_if_newer, handler, Context, Freshness, HandlerError, Outbox, OutboxEvent,
+    apply_if_newer, handler, Context, Freshness, HandlerError, Outbox, OutboxEvent, State,
 };
 
 use crate::events::{OrderPaid, OrderPlaced};
-use crate::payment;
+use crate::payment::PaymentGateway;
 
 fn validate(event: &OrderPlaced) -> Result<(), HandlerError> {
     if event.amount <= 0 {
@@ -20,14 +20,18 @@ fn validate(event: &OrderPlaced) -> Result<(), HandlerError> {
 
 /// Charges the customer once per event: the charge row, the order update, the `OrderPaid` event
 /// in the outbox and the dedup row commit together; the event id is the gateway's idempotency key.
+/// The gateway client is application state, built once in `main`'s builder.
 #[handler(event = "OrderPlaced", dedup, retry = 12)]
 pub async fn charge_on_order_placed(
     event: OrderPlaced,
     tx: &mut PgConnection,
     ctx: &Context,
+    State(gateway): State<PaymentGateway>,
 ) -> Result<(), HandlerError> {
     validate(&event)?;
-    payment::charge(&event.user_id, event.amount, ctx.event_id(), ctx.attempt()).await?;
+    gateway
+        .charge(&event.user_id, event.amount, ctx.event_id(), ctx.attempt())
+        .await?;
     sqlx::query(
         "INSERT INTO charges (event_id, order_id, user_id, amount) VALUES ($1, $2, $3, $4)",
     )

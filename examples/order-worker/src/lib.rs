@@ -16,6 +16,7 @@ use worker_rabbitmq::{Worker, WorkerBuilder};
 /// tests).
 pub fn worker() -> WorkerBuilder {
     Worker::builder()
+        .state(payment::PaymentGateway::from_env())
         .handler(handlers::charge_on_order_placed)
         .handler(handlers::send_receipt)
         .handler(handlers::ship_order)

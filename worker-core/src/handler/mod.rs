@@ -80,6 +80,12 @@ pub trait Handler: Send + Sync + 'static {
     /// The handler's name, event type, dedup flag, retry policy and concurrency.
     fn spec(&self) -> HandlerSpec;
 
+    /// The application state types the handler takes as `State<T>` parameters: a worker
+    /// refuses to start without a value of each (see [`State`](crate::State)).
+    fn states(&self) -> Vec<crate::state::StateType> {
+        Vec::new()
+    }
+
     /// Processes one decoded event. `tx` is the dedup transaction's connection when
     /// [`HandlerSpec::dedup`] is set, and `None` otherwise.
     fn call<'a>(

@@ -57,6 +57,32 @@ pub enum HeaderValue {
     Void,
 }
 
+/// Text is a long string (`S`), as producers usually send it.
+impl From<&str> for HeaderValue {
+    fn from(text: &str) -> Self {
+        HeaderValue::string(text)
+    }
+}
+
+/// Text is a long string (`S`), as producers usually send it.
+impl From<String> for HeaderValue {
+    fn from(text: String) -> Self {
+        HeaderValue::string(text)
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(value: i64) -> Self {
+        HeaderValue::I64(value)
+    }
+}
+
+impl From<bool> for HeaderValue {
+    fn from(value: bool) -> Self {
+        HeaderValue::Bool(value)
+    }
+}
+
 impl HeaderValue {
     /// A long string from text.
     pub fn string(text: impl Into<String>) -> Self {

@@ -113,6 +113,9 @@ mod tests {
             observer: std::sync::Arc::new(crate::observer::NoopObserver),
             max_payload_bytes: usize::MAX,
             spans: std::sync::Arc::new(crate::transport::CoreSpans),
+            states: crate::transport::pipeline::States::new(),
+            clock: crate::transport::pipeline::Clock::system(),
+            jitter: crate::transport::pipeline::Jitter::random(),
         };
         let spec = HandlerSpec::new("h", "OrderPlaced");
         let mut message = InboundMessage {

@@ -95,7 +95,13 @@ impl Envelope {
     }
 
     /// The handler's context for this delivery.
-    pub fn context(&self, event_id: String, spec: &HandlerSpec, pool: PgPool) -> Context {
+    pub fn context(
+        &self,
+        event_id: String,
+        spec: &HandlerSpec,
+        pool: PgPool,
+        states: crate::state::States,
+    ) -> Context {
         Context {
             event_id,
             event_type: self.event_type.clone(),
@@ -107,7 +113,8 @@ impl Envelope {
             correlation_id: self.correlation_id.clone(),
             redelivered: self.redelivered,
             headers: self.original_headers.clone(),
-            pool,
+            pool: Some(pool),
+            states,
         }
     }
 }

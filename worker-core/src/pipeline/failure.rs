@@ -3,8 +3,6 @@
 //! A retry says "redeliver this copy after `delay`, as attempt `failures + 1`"; how the broker
 //! holds it back (delay queues, TTLs) is the transport's business.
 
-use chrono::Utc;
-
 use super::disposition::{Disposition, OutboundMessage};
 use super::envelope::Envelope;
 use super::Runtime;
@@ -74,8 +72,11 @@ fn retry(
     failures: u32,
     error: &str,
 ) -> Disposition {
-    let delay = spec.retry.delay(failures);
-    let first_failed_at = envelope.retry.first_failed_at.unwrap_or_else(Utc::now);
+    let delay = spec.retry.delay_with(failures, &runtime.jitter);
+    let first_failed_at = envelope
+        .retry
+        .first_failed_at
+        .unwrap_or_else(|| runtime.clock.now());
     let mut properties = message.properties.clone();
     properties.headers = envelope.original_headers.clone();
     let headers = &mut properties.headers;
@@ -136,7 +137,7 @@ pub(crate) fn dead_letter(
     last_error: &str,
     kind: ErrorKind,
 ) -> Disposition {
-    let now = Utc::now();
+    let now = runtime.clock.now();
     let attempts = envelope.retry.failures + 1;
     tracing::error!(error = last_error, error_kind = %kind, attempts, "dead-lettering the event");
     let mut original_properties = message.properties.clone();

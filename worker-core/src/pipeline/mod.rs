@@ -20,11 +20,13 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tracing::Instrument;
 
+pub use crate::clock::{Clock, Jitter};
 use crate::context::Context;
 use crate::dedup::store::DedupStore;
 use crate::handler::{Handler, HandlerSpec};
 use crate::message::inbound::InboundMessage;
 use crate::observer::Observer;
+use crate::state::States;
 use crate::telemetry::propagation;
 use crate::transport::{self, ProcessSpan, Spans};
 use disposition::Disposition;
@@ -45,6 +47,12 @@ pub struct Runtime {
     pub max_payload_bytes: usize,
     /// The transport's spans (its attributes on the core's process and publish spans).
     pub spans: Arc<dyn Spans>,
+    /// The application state handlers take as `State<T>`.
+    pub states: States,
+    /// The time stamped on retry headers and dead-letter records ([`Clock::system`] in a worker).
+    pub clock: Clock,
+    /// The random part of retry delays ([`Jitter::random`] in a worker).
+    pub jitter: Jitter,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -162,7 +170,7 @@ pub(crate) fn prepare<H: Handler>(
             return poison(&problem.to_string());
         }
     }
-    let ctx = envelope.context(event_id, spec, runtime.pool.clone());
+    let ctx = envelope.context(event_id, spec, runtime.pool.clone(), runtime.states.clone());
     Prepared::Ready { event, ctx }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use crate::clock::Jitter;
 
 /// Maximum attempts in total and the exponential backoff between them.
 ///
@@ -56,7 +56,12 @@ impl RetryPolicy {
 
     /// The full delay after the `failures`-th failure, with a fresh uniform jitter.
     pub fn delay(&self, failures: u32) -> Duration {
-        self.base_delay(failures) + random_jitter(self.jitter)
+        self.delay_with(failures, &Jitter::random())
+    }
+
+    /// The full delay after the `failures`-th failure, its jitter drawn from `jitter`.
+    pub fn delay_with(&self, failures: u32, jitter: &Jitter) -> Duration {
+        self.base_delay(failures) + jitter.draw(self.jitter)
     }
 
     /// The longest time from the first attempt to the last one (all delays at their maximum).
@@ -71,14 +76,6 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self::DEFAULT
     }
-}
-
-fn random_jitter(max: Duration) -> Duration {
-    let max_nanos = max.as_nanos().min(u64::MAX as u128) as u64;
-    if max_nanos == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(rand::thread_rng().gen_range(0..=max_nanos))
 }
 
 #[cfg(test)]
