@@ -83,8 +83,8 @@ pub use worker_macros::handler;
 /// API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{assert_event, BoxFuture, DEFAULT_CONCURRENCY};
-    pub use crate::state::{extract as extract_state, StateValue};
+    pub use crate::handler::{assert_event, extract_state, BoxFuture, DEFAULT_CONCURRENCY};
+    pub use crate::state::StateValue;
     pub use crate::{Context, Handler, HandlerError, HandlerSpec, Partitioning, RetryPolicy};
     pub use crate::{State, StateType};
     pub use serde::de::DeserializeOwned;

@@ -114,20 +114,6 @@ impl fmt::Debug for States {
     }
 }
 
-/// What the code `#[handler]` generates calls to take a `State<T>` parameter out of the context.
-#[doc(hidden)]
-pub fn extract<T: StateValue>(ctx: &crate::Context) -> Result<State<T>, crate::HandlerError> {
-    match ctx.states().get::<T>() {
-        Some(value) => Ok(State(value.clone())),
-        None => Err(crate::HandlerError::retryable(format!(
-            "handler `{}` takes `State<{}>`, and none was given (a worker checks this at start; \
-             a `Context` built for a test needs `.state(value)`)",
-            ctx.handler(),
-            std::any::type_name::<T>()
-        ))),
-    }
-}
-
 /// Implemented for every type a handler can take as [`State<T>`].
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be application state",

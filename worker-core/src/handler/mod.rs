@@ -11,6 +11,7 @@ use sqlx::PgConnection;
 
 use crate::context::Context;
 use crate::retry::policy::RetryPolicy;
+use crate::state::State;
 use error::HandlerError;
 
 /// A boxed future, as returned by [`Handler::call`].
@@ -107,3 +108,17 @@ impl<T: DeserializeOwned + Send + 'static> Event for T {}
 
 #[doc(hidden)]
 pub fn assert_event<T: Event>() {}
+
+/// What the code `#[handler]` generates calls to take a `State<T>` parameter out of the context.
+#[doc(hidden)]
+pub fn extract_state<T: crate::state::StateValue>(ctx: &Context) -> Result<State<T>, HandlerError> {
+    match ctx.states().get::<T>() {
+        Some(value) => Ok(State(value.clone())),
+        None => Err(HandlerError::retryable(format!(
+            "handler `{}` takes `State<{}>`, and none was given (a worker checks this at start; \
+             a `Context` built for a test needs `.state(value)`)",
+            ctx.handler(),
+            std::any::type_name::<T>()
+        ))),
+    }
+}
