@@ -77,7 +77,7 @@ async fn one_batch_settles_each_event_on_its_own() {
         .await
         .expect("test tables");
     let runtime = Runtime {
-        pool: env.pool.clone(),
+        pool: Some(env.pool.clone()),
         dedup,
         consumer: "batching-test".into(),
         observer: Arc::new(NoopObserver),

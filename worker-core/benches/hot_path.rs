@@ -2,15 +2,14 @@
 //! the payload, the whole pipeline for a no-op handler without dedup (dispatch included), and
 //! building and serializing a dead-letter record.
 //!
-//! `cargo bench -p worker-core --bench hot_path`. Nothing here touches the network: the pool of
-//! the pipeline benchmark is lazy and never used by a handler without dedup.
+//! `cargo bench -p worker-core --bench hot_path`. Nothing here touches the network: the pipeline
+//! benchmark's handler has no dedup and its runtime no pool.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use chrono::Utc;
 use criterion::{criterion_main, Criterion, Throughput};
-use sqlx::postgres::PgPoolOptions;
 use worker_core::transport::dead_letter::{FailureMetadata, OriginalMessage};
 use worker_core::transport::dedup::{DedupStore, Identifier};
 use worker_core::transport::message::HeaderValue;
@@ -122,14 +121,8 @@ fn processing(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let pool = {
-        let _entered = runtime.enter();
-        PgPoolOptions::new()
-            .connect_lazy("postgres://postgres@127.0.0.1:5432/postgres")
-            .expect("a lazy pool never connects here")
-    };
     let worker = Runtime {
-        pool,
+        pool: None,
         dedup: DedupStore::new(Identifier::new("public").expect("identifier")),
         consumer: "bench".into(),
         observer: Arc::new(NoopObserver),

@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 /// The time the pipeline stamps on retry headers and dead-letter records.
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
-    /// `None`: the system clock. `Some`: microseconds since the epoch, moved by hand.
+    /// `None`: the system clock. `Some`: nanoseconds since the epoch (years 1677 to 2262), moved
+    /// by hand.
     manual: Option<Arc<AtomicI64>>,
 }
 
@@ -23,9 +24,16 @@ impl Clock {
     }
 
     /// A clock that stands at `start` until [`advance`](Clock::advance)d.
+    ///
+    /// # Panics
+    ///
+    /// When `start` is outside the years 1677 to 2262 (a manual clock counts nanoseconds).
     pub fn manual(start: DateTime<Utc>) -> Self {
+        let nanos = start
+            .timestamp_nanos_opt()
+            .expect("a manual clock starts between the years 1677 and 2262");
         Self {
-            manual: Some(Arc::new(AtomicI64::new(start.timestamp_micros()))),
+            manual: Some(Arc::new(AtomicI64::new(nanos))),
         }
     }
 
@@ -33,16 +41,17 @@ impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         match &self.manual {
             None => Utc::now(),
-            Some(micros) => DateTime::from_timestamp_micros(micros.load(Ordering::Acquire))
-                .expect("a manual clock stays within chrono's range"),
+            Some(nanos) => DateTime::from_timestamp_nanos(nanos.load(Ordering::Acquire)),
         }
     }
 
     /// Moves a manual clock forward by `by` (a system clock is not moved).
     pub fn advance(&self, by: Duration) {
-        if let Some(micros) = &self.manual {
-            let by = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
-            micros.fetch_add(by, Ordering::AcqRel);
+        if let Some(nanos) = &self.manual {
+            let by = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
+            let _ = nanos.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_add(by))
+            });
         }
     }
 }

@@ -53,6 +53,7 @@ mod retry;
 mod shutdown;
 mod state;
 mod telemetry;
+pub mod testing;
 mod trace_context;
 pub mod transport;
 mod versioning;

@@ -24,8 +24,8 @@
 //! Everything an application uses is re-exported here, so it depends on this crate alone and
 //! imports from one path: the [`handler`] attribute, [`Context`], [`HandlerError`] (and
 //! [`ResultExt`] to classify errors), the [`Worker`] builder and its [`Settings`], the
-//! transactional [`Outbox`], [`apply_if_newer`] for version checks and the [`Relay`] for a
-//! standalone outbox relay. worker-core's [`transport`](worker_core::transport) module is the
+//! transactional [`Outbox`], [`apply_if_newer`] for version checks, the [`Relay`] for a
+//! standalone outbox relay, and the [`testing`] harness for unit tests of handlers. worker-core's [`transport`](worker_core::transport) module is the
 //! contract between the core and this crate, which an application never needs.
 
 mod ack;
@@ -56,6 +56,10 @@ pub use publisher::{PublishError, Publisher};
 pub use relay::{Relay, RelayBuilder, RunningRelay};
 pub use settings::{BrokerSettings, Settings};
 pub use worker::{RunningWorker, Worker, WorkerBuilder};
+
+/// Testing handlers without a broker: the worker's pipeline over in-memory queues and a virtual
+/// clock (see [`testing::TestHarness`]).
+pub use worker_core::testing;
 
 pub use worker_core::{
     apply_if_newer, handler, BoxFuture, ConfigError, Context, ContextBuilder, DeadLetterRecord,

@@ -247,7 +247,7 @@ impl WorkerBuilder {
             .map(|spec| QueueNames::new(&broker, spec.name))
             .collect();
         let runtime = Runtime {
-            pool: pool.clone(),
+            pool: Some(pool.clone()),
             dedup: dedup.clone(),
             consumer: config.consumer.clone(),
             max_payload_bytes: config.max_payload_bytes,

@@ -120,7 +120,11 @@ async fn in_one_transaction<H: Handler>(
     runtime: &Runtime,
     members: &mut [Member<H::Event>],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut tx = match runtime.pool.begin().await {
+    let begun = match &runtime.pool {
+        Some(pool) => pool.begin().await.map_err(|error| error.to_string()),
+        None => Err(transaction::NO_POOL.to_owned()),
+    };
+    let mut tx = match begun {
         Ok(tx) => tx,
         Err(error) => {
             let reason = format!("cannot begin the dedup transaction: {error}");

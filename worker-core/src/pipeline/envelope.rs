@@ -99,7 +99,7 @@ impl Envelope {
         &self,
         event_id: String,
         spec: &HandlerSpec,
-        pool: PgPool,
+        pool: Option<PgPool>,
         states: crate::state::States,
     ) -> Context {
         Context {
@@ -113,7 +113,7 @@ impl Envelope {
             correlation_id: self.correlation_id.clone(),
             redelivered: self.redelivered,
             headers: self.original_headers.clone(),
-            pool: Some(pool),
+            pool,
             states,
         }
     }

@@ -35,8 +35,9 @@ use envelope::Envelope;
 /// What every delivery of every handler shares: the database, the dedup table, who we are.
 #[derive(Clone)]
 pub struct Runtime {
-    /// The worker's connection pool.
-    pub pool: PgPool,
+    /// The worker's connection pool; `None` only in the test harness without a database (which
+    /// then refuses `dedup` handlers, so only [`Context::pool`] can find it missing).
+    pub pool: Option<PgPool>,
     /// The dedup table.
     pub dedup: DedupStore,
     /// The worker's name in dead-letter records (`consumer`).

@@ -12,6 +12,10 @@ use crate::context::Context;
 use crate::handler::error::HandlerError;
 use crate::handler::{Handler, HandlerSpec};
 
+/// Why a dedup handler could not begin its transaction in a runtime without a pool.
+pub(crate) const NO_POOL: &str =
+    "no database pool: a dedup handler needs one (give the test harness `.pool(pool)`)";
+
 /// What happened in the transaction step.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -39,7 +43,10 @@ pub(crate) async fn run<H: Handler>(
             Err(error) => Outcome::Failed(error),
         };
     }
-    let mut tx = match runtime.pool.begin().await {
+    let Some(pool) = &runtime.pool else {
+        return Outcome::DatabaseUnavailable(NO_POOL.into());
+    };
+    let mut tx = match pool.begin().await {
         Ok(tx) => tx,
         Err(error) => {
             return Outcome::DatabaseUnavailable(format!(

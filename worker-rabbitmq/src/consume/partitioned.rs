@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
-use worker_core::transport::message::{HeaderValue, Properties};
-use worker_core::transport::partition::key_of;
+use worker_core::transport::message::HeaderValue;
+use worker_core::transport::partition::{key_of, next_attempt};
 use worker_core::transport::pipeline::{Disposition, OutboundMessage};
 use worker_core::transport::retry::{ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER};
 use worker_core::InboundMessage;
@@ -106,21 +106,6 @@ async fn process_in_place(
             _ = tokio::time::sleep(delay) => {}
         }
         attempt = Some(next_attempt(message, copy));
-    }
-}
-
-/// The message the next in-place attempt sees: the delivery as received, with the retry copy's
-/// headers (attempt count, first failure, trace) and without the copy's delay TTL.
-fn next_attempt(original: &InboundMessage, copy: OutboundMessage) -> InboundMessage {
-    InboundMessage {
-        exchange: original.exchange.clone(),
-        routing_key: original.routing_key.clone(),
-        redelivered: original.redelivered,
-        body: copy.body,
-        properties: Properties {
-            expiration: original.properties.expiration.clone(),
-            ..copy.properties
-        },
     }
 }
 
@@ -254,35 +239,6 @@ mod tests {
         assert_eq!(
             producer_routing(&plain),
             ("events".to_owned(), "OrderPaid".to_owned())
-        );
-    }
-
-    #[test]
-    fn next_attempt_keeps_the_delivery_and_takes_the_counts() {
-        let mut original = InboundMessage {
-            exchange: "events".into(),
-            routing_key: "OrderShipped".into(),
-            body: b"{}".to_vec(),
-            ..Default::default()
-        };
-        original.properties.message_id = Some("e1".into());
-        let mut properties = original.properties.clone();
-        properties.expiration = Some("200".into());
-        properties
-            .headers
-            .insert("x-worker-attempts".into(), HeaderValue::I64(1));
-        let next = next_attempt(
-            &original,
-            OutboundMessage {
-                body: b"{}".to_vec(),
-                properties,
-            },
-        );
-        assert_eq!(next.exchange, "events");
-        assert_eq!(next.properties.expiration, None);
-        assert_eq!(
-            next.properties.headers.get("x-worker-attempts"),
-            Some(&HeaderValue::I64(1))
         );
     }
 }
