@@ -130,7 +130,8 @@ impl TestHarnessBuilder {
         self
     }
 
-    /// Where the virtual clock starts (default: the real time when the harness is built).
+    /// Where the virtual clock starts (default: the real time when the harness is built, to the
+    /// millisecond).
     pub fn start_at(mut self, start: DateTime<Utc>) -> Self {
         self.start = Some(start);
         self
@@ -168,7 +169,12 @@ impl TestHarnessBuilder {
         for (index, (_, spec)) in handlers.iter().enumerate() {
             routes.entry(spec.event_type).or_default().push(index);
         }
-        let clock = Clock::manual(self.start.unwrap_or_else(Utc::now));
+        // Whole milliseconds: the retry headers carry times to the millisecond, so a record's
+        // `firstFailedAt` then equals the start exactly.
+        let clock = Clock::manual(
+            self.start
+                .unwrap_or_else(|| chrono::SubsecRound::trunc_subsecs(Utc::now(), 3)),
+        );
         let runtime = Runtime {
             pool: self.pool,
             dedup: DedupStore::new(schema.clone()),
