@@ -107,6 +107,38 @@ impl WorkerBuilder {
         self
     }
 
+    /// A [test harness](crate::testing) with this builder's handlers and state, and its
+    /// configuration when it was given in code ([`WorkerBuilder::config`] or
+    /// [`WorkerBuilder::settings`]; never the environment): a test then runs exactly the
+    /// handlers `main` runs. Add `.state(..)` to replace a state value with a test double and
+    /// `.pool(pool)` for `dedup` handlers. Migrations, observers, the outbox relay and the demo
+    /// are the worker's and not part of the harness.
+    ///
+    /// ```
+    /// # use worker_rabbitmq::{handler, HandlerError, Worker};
+    /// # use worker_rabbitmq::testing::{Outcome, TestMessage};
+    /// # #[derive(serde::Deserialize)] struct OrderPlaced {}
+    /// #[handler(event = "OrderPlaced")]
+    /// async fn audit(_event: OrderPlaced) -> Result<(), HandlerError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let worker = Worker::builder().handler(audit);
+    /// let mut harness = worker.test_harness().build().await.unwrap();
+    /// harness.publish(TestMessage::json("OrderPlaced", "evt_1", &serde_json::json!({})));
+    /// harness.run_until_idle().await;
+    /// assert_eq!(harness.outcomes("audit", "evt_1"), [&Outcome::Processed]);
+    /// # }
+    /// ```
+    pub fn test_harness(self) -> crate::testing::TestHarnessBuilder {
+        let harness = crate::testing::TestHarness::builder_from(self.registry, self.states);
+        match self.settings {
+            Some(settings) => harness.config(settings.worker),
+            None => harness,
+        }
+    }
+
     /// Uses these settings instead of reading the environment.
     pub fn settings(mut self, settings: Settings) -> Self {
         self.settings = Some(settings);

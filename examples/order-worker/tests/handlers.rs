@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use order_worker::handlers::{charge_on_order_placed, send_receipt, ship_order};
 use order_worker::payment::PaymentGateway;
 use serde_json::json;
 use sqlx::PgPool;
@@ -28,11 +27,11 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// The worker `main` runs, as a harness: its handlers, with `gateway` instead of the one from
+/// the environment.
 async fn harness(pool: &PgPool, gateway: PaymentGateway) -> TestHarness {
-    TestHarness::builder()
-        .handler(charge_on_order_placed)
-        .handler(send_receipt)
-        .handler(ship_order)
+    order_worker::worker()
+        .test_harness()
         .state(gateway)
         .pool(pool.clone())
         .build()

@@ -238,9 +238,16 @@ impl std::fmt::Debug for TestHarness {
 impl TestHarness {
     /// A builder with no handlers, no state and no pool.
     pub fn builder() -> TestHarnessBuilder {
+        Self::builder_from(Registry::new(), States::new())
+    }
+
+    /// A builder with these handlers and state: what a transport's worker builder hands over,
+    /// so that a test runs exactly the handlers `main` registers (with the RabbitMQ transport:
+    /// `WorkerBuilder::test_harness`).
+    pub fn builder_from(registry: Registry, states: States) -> TestHarnessBuilder {
         TestHarnessBuilder {
-            registry: Registry::new(),
-            states: States::new(),
+            registry,
+            states,
             pool: None,
             config: WorkerConfig::default(),
             exchange: DEFAULT_EXCHANGE.to_owned(),
