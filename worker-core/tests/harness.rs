@@ -27,6 +27,19 @@ fn order(order_id: &str, amount: i64, fail_until: u32) -> serde_json::Value {
     json!({"orderId": order_id, "amount": amount, "failUntil": fail_until})
 }
 
+/// A success, a delivery that fails twice, one that always fails, and poison.
+fn publish_the_scenario(harness: &mut TestHarness) {
+    for (id, payload) in [
+        ("ok", order("o1", 10, 0)),
+        ("flaky", order("o2", 10, 2)),
+        ("hopeless", order("o3", 10, 99)),
+        ("poison", order("o4", 0, 0)),
+    ] {
+        let routed = harness.publish(TestMessage::json("OrderPlaced", id, &payload));
+        assert_eq!(routed, 1, "one handler takes OrderPlaced");
+    }
+}
+
 fn start() -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_225_600, 0).expect("2026-01-01")
 }
@@ -63,23 +76,7 @@ async fn outcomes_retry_schedule_and_records_in_virtual_time() {
         .build()
         .await
         .expect("harness");
-    let routed = harness.publish(TestMessage::json("OrderPlaced", "ok", &order("o1", 10, 0)));
-    assert_eq!(routed, 1);
-    harness.publish(TestMessage::json(
-        "OrderPlaced",
-        "flaky",
-        &order("o2", 10, 2),
-    ));
-    harness.publish(TestMessage::json(
-        "OrderPlaced",
-        "hopeless",
-        &order("o3", 10, 99),
-    ));
-    harness.publish(TestMessage::json(
-        "OrderPlaced",
-        "poison",
-        &order("o4", 0, 0),
-    ));
+    publish_the_scenario(&mut harness);
     assert_eq!(
         harness.publish(TestMessage::json("Unrelated", "x", &json!({}))),
         0
@@ -181,22 +178,7 @@ async fn outcomes_retry_schedule_and_records_in_virtual_time() {
         .build()
         .await
         .expect("harness");
-    again.publish(TestMessage::json("OrderPlaced", "ok", &order("o1", 10, 0)));
-    again.publish(TestMessage::json(
-        "OrderPlaced",
-        "flaky",
-        &order("o2", 10, 2),
-    ));
-    again.publish(TestMessage::json(
-        "OrderPlaced",
-        "hopeless",
-        &order("o3", 10, 99),
-    ));
-    again.publish(TestMessage::json(
-        "OrderPlaced",
-        "poison",
-        &order("o4", 0, 0),
-    ));
+    publish_the_scenario(&mut again);
     again.run_until_idle().await;
     let times = |h: &TestHarness| {
         h.deliveries()
