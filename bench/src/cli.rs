@@ -6,22 +6,28 @@ use worker_rabbitmq::settings::DEFAULT_AMQP_URL;
 
 /// Measures the framework against bare lapin and a hand-written lapin + sqlx consumer.
 ///
-/// Four scenarios run one after the other, each in a child process of this binary (so the peak
-/// RSS reported is that scenario's alone), each on its own queue in a fresh namespace (exchange
-/// `events.<id>`, queues `<id>.*`, schema `<id>`) that is removed at the end:
+/// Five scenarios run one after the other, each in a child process of this binary (so the peak
+/// RSS reported is that scenario's alone); a-d each on its own queue in a fresh namespace
+/// (exchange `events.<id>`, queues `<id>.*`, schema `<id>`) that is removed at the end:
 ///
 ///   a  bare lapin: decode + ack per message, the consume loop in a spawned task
 ///   b  the framework: `#[handler]` no-op handler, no dedup
 ///   c  hand-written lapin + sqlx: per message one transaction with the dedup insert
 ///      (INSERT .. ON CONFLICT DO NOTHING RETURNING) and one business insert
 ///   d  the framework with `dedup` and the same business insert
+///   h  the framework's test harness, in memory (`worker_rabbitmq::testing`): b's no-op
+///      handler, no dedup, no broker, no database; --messages events (no duplicates) are
+///      published into a `TestHarness` and delivered by `run_until_idle`, and the time of both
+///      is measured (target >= 50,000 events/s); it has no latency (`-` in the table).
+///      `--scenarios h` alone needs neither RabbitMQ nor PostgreSQL.
 ///
 /// By default all events are published first (a backlog) and then consumed; with `--rate` they
 /// are published at that rate while the scenario consumes. Latency is publish-to-done: the
 /// publish time travels in the `x-bench-published-us` header; done is after the ack (a, c) or the
 /// framework's `Observer::settled` (b, d). Exits 1 when a check fails: every delivery settled
 /// and acked, queues empty, and for c and d exactly one business row and one dedup row per event
-/// id (duplicates are published on purpose, see `--duplicates`).
+/// id (duplicates are published on purpose, see `--duplicates`); for h, exactly one delivery per
+/// event, each `Outcome::Processed`.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "worker-bench", verbatim_doc_comment)]
 pub struct Args {
@@ -30,7 +36,8 @@ pub struct Args {
     pub messages: u64,
 
     /// Extra copies (same message_id) of the first events, in percent of --messages, published
-    /// after the originals: a consumer without working dedup fails the check of c and d.
+    /// after the originals: a consumer without working dedup fails the check of c and d (h
+    /// publishes none).
     #[arg(long, default_value_t = 1, value_name = "PERCENT")]
     pub duplicates: u64,
 
@@ -54,7 +61,7 @@ pub struct Args {
     pub rate: Option<u32>,
 
     /// Which scenarios to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,h")]
     pub scenarios: Vec<Scenario>,
 
     /// Approximate size of each JSON payload in bytes.
@@ -105,6 +112,8 @@ pub enum Scenario {
     C,
     /// The framework with dedup.
     D,
+    /// The framework's test harness, in memory: no-op handler, no dedup.
+    H,
 }
 
 impl Scenario {
@@ -115,6 +124,7 @@ impl Scenario {
             Self::B => "b",
             Self::C => "c",
             Self::D => "d",
+            Self::H => "h",
         }
     }
 
@@ -125,11 +135,17 @@ impl Scenario {
             Self::B => "(b) framework, no-op",
             Self::C => "(c) lapin+sqlx, tx/msg",
             Self::D => "(d) framework, dedup",
+            Self::H => "(h) test harness, no-op",
         }
     }
 
     /// Whether the scenario writes rows that the exactly-once check counts.
     pub fn writes(self) -> bool {
         matches!(self, Self::C | Self::D)
+    }
+
+    /// Whether the scenario runs against RabbitMQ (and needs the namespace); h runs in memory.
+    pub fn uses_broker(self) -> bool {
+        !matches!(self, Self::H)
     }
 }

@@ -1,5 +1,6 @@
 //! The parent process: creates the namespace, publishes each scenario's events, runs the
 //! scenario's consumer in a child process, checks the effects, prints the table, cleans up.
+//! Scenario h (in memory) publishes its own events in its child and needs no namespace.
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::cli::{Args, Scenario};
 use crate::namespace::{connect, spec, Namespace};
 use crate::publish::EventPublisher;
 use crate::recorder::RunReport;
+use crate::scenario::in_memory::TARGET_PER_SECOND;
 use crate::scenario::{READY, RESULT};
 use crate::BoxError;
 
@@ -33,26 +35,34 @@ pub struct Row {
 /// Runs the benchmark; exit code 0 when every check passed, 1 when one failed, 2 when the
 /// benchmark itself could not run.
 pub async fn run(args: Args) -> ExitCode {
-    let namespace = Namespace::fresh(&args);
-    if let Err(error) = namespace.create().await {
-        eprintln!("setting up namespace {} failed: {error}", namespace.id);
-        let _ = namespace.destroy().await;
-        return ExitCode::from(2);
-    }
-    eprintln!(
-        "namespace {}: {} events + {} duplicates per scenario, {} in flight, {}",
-        namespace.id,
-        args.messages,
-        args.duplicate_count(),
-        args.in_flight,
-        match args.rate {
-            Some(rate) => format!("published at {rate} msg/s while consuming"),
-            None => "published as a backlog before consuming".into(),
+    let namespace = args
+        .scenarios
+        .iter()
+        .any(|s| s.uses_broker())
+        .then(|| Namespace::fresh(&args));
+    if let Some(namespace) = &namespace {
+        if let Err(error) = namespace.create().await {
+            eprintln!("setting up namespace {} failed: {error}", namespace.id);
+            let _ = namespace.destroy().await;
+            return ExitCode::from(2);
         }
-    );
-    let result = run_scenarios(&args, &namespace).await;
-    if let Err(error) = namespace.destroy().await {
-        eprintln!("cleaning up namespace {} failed: {error}", namespace.id);
+        eprintln!(
+            "namespace {}: {} events + {} duplicates per scenario, {} in flight, {}",
+            namespace.id,
+            args.messages,
+            args.duplicate_count(),
+            args.in_flight,
+            match args.rate {
+                Some(rate) => format!("published at {rate} msg/s while consuming"),
+                None => "published as a backlog before consuming".into(),
+            }
+        );
+    }
+    let result = run_scenarios(&args, namespace.as_ref()).await;
+    if let Some(namespace) = &namespace {
+        if let Err(error) = namespace.destroy().await {
+            eprintln!("cleaning up namespace {} failed: {error}", namespace.id);
+        }
     }
     match result {
         Ok(rows) => {
@@ -70,15 +80,26 @@ pub async fn run(args: Args) -> ExitCode {
     }
 }
 
-async fn run_scenarios(args: &Args, namespace: &Namespace) -> Result<Vec<Row>, BoxError> {
-    let connection = connect(&namespace.broker.url, "worker-bench-publisher").await?;
-    let pool = namespace.pool(2).await?;
+async fn run_scenarios(args: &Args, namespace: Option<&Namespace>) -> Result<Vec<Row>, BoxError> {
+    let broker = match namespace {
+        Some(namespace) => Some((
+            namespace,
+            connect(&namespace.broker.url, "worker-bench-publisher").await?,
+            namespace.pool(2).await?,
+        )),
+        None => None,
+    };
     let mut scenarios = args.scenarios.clone();
     scenarios.dedup();
     let mut rows = Vec::new();
     for scenario in scenarios {
+        if !scenario.uses_broker() {
+            rows.push(run_in_memory(args, scenario).await?);
+            continue;
+        }
+        let (namespace, connection, pool) = broker.as_ref().ok_or("no namespace")?;
         let publisher = EventPublisher::new(
-            &connection,
+            connection,
             &namespace.broker.exchange,
             spec(scenario).event_type,
             args.payload_bytes,
@@ -94,7 +115,7 @@ async fn run_scenarios(args: &Args, namespace: &Namespace) -> Result<Vec<Row>, B
                 .backlog(args.messages, args.duplicate_count())
                 .await?;
         }
-        let mut child = spawn_child(args, scenario, &namespace.id)?;
+        let mut child = spawn_child(args, scenario, Some(&namespace.id))?;
         let stdout = child.stdout.take().ok_or("child without stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         tokio::time::timeout(STARTUP, wait_for_line(&mut lines, READY))
@@ -111,36 +132,92 @@ async fn run_scenarios(args: &Args, namespace: &Namespace) -> Result<Vec<Row>, B
             publishing.await??;
         }
         let report: RunReport = serde_json::from_str(&result?)?;
-        let mut check = check(args, namespace, scenario, &report, &connection, &pool).await;
+        let mut check = check(args, namespace, scenario, &report, connection, pool).await;
         if !status.success() {
             check = Err(format!("consumer exited with {status}"));
         }
-        eprintln!(
-            "{}: {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms, peak RSS {:.1} MiB, {}",
-            scenario.title(),
-            report.per_second,
-            report.p50_ms,
-            report.p99_ms,
-            report.peak_rss_kb as f64 / 1024.0,
-            match &check {
-                Ok(()) => "checks passed".to_owned(),
-                Err(e) => format!("CHECK FAILED: {e}"),
-            }
-        );
-        rows.push(Row {
-            scenario,
-            report,
-            check,
-        });
+        rows.push(row(scenario, report, check));
     }
-    let _ = connection.close(200, "done".into()).await;
-    pool.close().await;
+    if let Some((_, connection, pool)) = broker {
+        let _ = connection.close(200, "done".into()).await;
+        pool.close().await;
+    }
     Ok(rows)
 }
 
-fn spawn_child(args: &Args, scenario: Scenario, namespace: &str) -> Result<Child, BoxError> {
+/// Scenario h: its child publishes into the test harness and delivers; the checks are its
+/// counts (every event delivered once and processed) and its exit status.
+async fn run_in_memory(args: &Args, scenario: Scenario) -> Result<Row, BoxError> {
+    eprintln!(
+        "{}: {} messages, in memory",
+        scenario.title(),
+        args.messages
+    );
+    let mut child = spawn_child(args, scenario, None)?;
+    let stdout = child.stdout.take().ok_or("child without stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let result = wait_for_line(&mut lines, RESULT).await;
+    let status = child.wait().await?;
+    let report: RunReport = serde_json::from_str(&result?)?;
+    let mut check = check_counts(&report);
+    if !status.success() {
+        check = Err(format!("consumer exited with {status}"));
+    }
+    Ok(row(scenario, report, check))
+}
+
+/// Reports the scenario's figures on stderr and makes its line of the table.
+fn row(scenario: Scenario, report: RunReport, check: Result<(), String>) -> Row {
+    eprintln!(
+        "{}: {:.0} msg/s, p50 {} ms, p99 {} ms, peak RSS {:.1} MiB, {}",
+        scenario.title(),
+        report.per_second,
+        ms(report.p50_ms),
+        ms(report.p99_ms),
+        report.peak_rss_kb as f64 / 1024.0,
+        match &check {
+            Ok(()) => "checks passed".to_owned(),
+            Err(e) => format!("CHECK FAILED: {e}"),
+        }
+    );
+    Row {
+        scenario,
+        report,
+        check,
+    }
+}
+
+/// A latency in milliseconds with one decimal, `-` for none (h has no publish-to-done latency).
+fn ms(value: f64) -> String {
+    if value.is_nan() {
+        "-".to_owned()
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// `value` rounded, with a comma between groups of three digits: `50,000`.
+fn grouped(value: f64) -> String {
+    let digits = format!("{value:.0}");
+    let (sign, digits) = digits.split_at(usize::from(digits.starts_with('-')));
+    let mut out = String::from(sign);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn spawn_child(
+    args: &Args,
+    scenario: Scenario,
+    namespace: Option<&str>,
+) -> Result<Child, BoxError> {
     let child = Command::new(std::env::current_exe()?)
-        .args(["--child", scenario.letter(), "--namespace", namespace])
+        .args(["--child", scenario.letter()])
+        .args(namespace.into_iter().flat_map(|id| ["--namespace", id]))
         .args(["--messages", &args.messages.to_string()])
         .args(["--duplicates", &args.duplicates.to_string()])
         .args(["--in-flight", &args.in_flight.to_string()])
@@ -180,19 +257,7 @@ async fn check(
     connection: &Connection,
     pool: &PgPool,
 ) -> Result<(), String> {
-    let mut problems = Vec::new();
-    if report.deliveries != report.expected {
-        problems.push(format!(
-            "{} of {} deliveries done",
-            report.deliveries, report.expected
-        ));
-    }
-    if report.failures > 0 {
-        problems.push(format!(
-            "{} deliveries not processed and acked",
-            report.failures
-        ));
-    }
+    let mut problems = count_problems(report);
     let names = namespace.names(scenario);
     for queue in [&names.work, &names.dlq] {
         match namespace.depth(connection, queue).await {
@@ -247,6 +312,33 @@ async fn check(
     }
 }
 
+/// Every expected delivery done and none failed (all of h's checks).
+fn check_counts(report: &RunReport) -> Result<(), String> {
+    let problems = count_problems(report);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn count_problems(report: &RunReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    if report.deliveries != report.expected {
+        problems.push(format!(
+            "{} of {} deliveries done",
+            report.deliveries, report.expected
+        ));
+    }
+    if report.failures > 0 {
+        problems.push(format!(
+            "{} deliveries not processed and acked",
+            report.failures
+        ));
+    }
+    problems
+}
+
 fn print_table(args: &Args, rows: &[Row]) {
     println!();
     println!(
@@ -256,13 +348,13 @@ fn print_table(args: &Args, rows: &[Row]) {
     for row in rows {
         let r = &row.report;
         println!(
-            "{:<26} {:>10} {:>8.2} {:>9.0} {:>9.1} {:>9.1} {:>6.1} MiB  {}",
+            "{:<26} {:>10} {:>8.2} {:>9.0} {:>9} {:>9} {:>6.1} MiB  {}",
             row.scenario.title(),
             r.deliveries,
             r.seconds,
             r.per_second,
-            r.p50_ms,
-            r.p99_ms,
+            ms(r.p50_ms),
+            ms(r.p99_ms),
             r.peak_rss_kb as f64 / 1024.0,
             match &row.check {
                 Ok(()) if row.scenario.writes() => "ok, exactly once".to_owned(),
@@ -285,6 +377,21 @@ fn print_table(args: &Args, rows: &[Row]) {
     }
     if let (Some(c), Some(d)) = (rate(Scenario::C), rate(Scenario::D)) {
         println!("d/c = {:.2}  (target >= 4)", d / c);
+    }
+    if let Some(h) = rate(Scenario::H) {
+        println!(
+            "h = {} events/s through the test harness, in memory  (target >= {}/s: {})",
+            grouped(h),
+            grouped(TARGET_PER_SECOND),
+            if h >= TARGET_PER_SECOND {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+    }
+    if !rows.iter().any(|r| r.scenario.uses_broker()) {
+        return;
     }
     println!(
         "{} in flight; {}; latency is publish-to-done{}",

@@ -21,11 +21,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> ExitCode {
     let args = cli::Args::parse();
     if let Some(scenario) = args.child {
-        let Some(namespace) = args.namespace.clone() else {
-            eprintln!("--child needs --namespace");
-            return ExitCode::from(2);
-        };
-        return match scenario::run_child(&args, scenario, namespace).await {
+        return match scenario::run_child(&args, scenario, args.namespace.clone()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("scenario {}: {error}", scenario.letter());

@@ -241,16 +241,25 @@ pub struct RunReport {
     pub missing_latency: u64,
     /// From the first delivery received to the last one done.
     pub seconds: f64,
-    /// Deliveries per second over `seconds`.
+    /// Deliveries per second over `seconds` (NaN when no time passed).
+    #[serde(deserialize_with = "nan_if_null")]
     pub per_second: f64,
-    /// Median publish-to-done latency.
+    /// Median publish-to-done latency (NaN without samples, `null` in JSON).
+    #[serde(deserialize_with = "nan_if_null")]
     pub p50_ms: f64,
     /// 99th percentile publish-to-done latency.
+    #[serde(deserialize_with = "nan_if_null")]
     pub p99_ms: f64,
     /// Largest publish-to-done latency.
+    #[serde(deserialize_with = "nan_if_null")]
     pub max_ms: f64,
     /// The process's peak resident set (`VmHWM`), in KiB.
     pub peak_rss_kb: u64,
+}
+
+/// A figure that JSON carries as `null` when it is NaN (serde_json writes NaN as `null`).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// `VmHWM` of this process in KiB (0 where `/proc` is not available).
@@ -352,6 +361,14 @@ mod tests {
         assert_eq!(histogram.quantile(0.0), Some(5.0));
         histogram.record(u64::from(u32::MAX) + 10);
         assert_eq!(histogram.max(), Some((u64::from(u32::MAX) + 10) as f64));
+    }
+
+    #[test]
+    fn a_report_without_latencies_survives_json() {
+        let report = Recorder::new(1).report("h");
+        let json = serde_json::to_string(&report).expect("serializes");
+        let back: RunReport = serde_json::from_str(&json).expect("deserializes");
+        assert!(back.p50_ms.is_nan() && back.p99_ms.is_nan() && back.max_ms.is_nan());
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The four consumers, each run in a child process by [`run_child`].
+//! The five consumers, each run in a child process by [`run_child`].
 
 pub mod bare;
 pub mod framework;
 pub mod handwritten;
+pub mod in_memory;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +29,19 @@ const SETTLE_GRACE: Duration = Duration::from_secs(5);
 const SETTLE_POLL: Duration = Duration::from_millis(10);
 
 /// Runs `scenario`'s consumer in this process until every expected delivery is done (or the
-/// timeout passes), then prints the report.
-pub async fn run_child(args: &Args, scenario: Scenario, namespace: String) -> Result<(), BoxError> {
-    let namespace = Namespace::named(namespace, args);
+/// timeout passes), then prints the report. Every scenario but h (in memory) needs the
+/// `namespace`.
+pub async fn run_child(
+    args: &Args,
+    scenario: Scenario,
+    namespace: Option<String>,
+) -> Result<(), BoxError> {
+    if !scenario.uses_broker() {
+        let report = in_memory::run(args).await?;
+        println!("{RESULT}{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let namespace = Namespace::named(namespace.ok_or("--child needs --namespace")?, args);
     let recorder = Arc::new(Recorder::new(args.deliveries()));
     let timeout = Duration::from_secs(args.timeout);
     match scenario {
@@ -39,6 +50,7 @@ pub async fn run_child(args: &Args, scenario: Scenario, namespace: String) -> Re
             framework::run(scenario, &namespace, &recorder, timeout).await?
         }
         Scenario::C => handwritten::run(args, &namespace, &recorder, timeout).await?,
+        Scenario::H => unreachable!("h runs in memory, above"),
     }
     let report = recorder.report(scenario.letter());
     println!("{RESULT}{}", serde_json::to_string(&report)?);
