@@ -114,7 +114,7 @@ pub(crate) fn new_event_id() -> String {
     rand::thread_rng().fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = crate::trace_context::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

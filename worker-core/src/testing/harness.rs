@@ -282,12 +282,18 @@ impl TestHarness {
         };
         let targets = targets.clone();
         let now = self.clock.now();
-        for &handler in &targets {
-            let lane = self.lane_of(handler, &message);
+        let mut message = Some(message);
+        for (i, &handler) in targets.iter().enumerate() {
+            let copy = if i + 1 == targets.len() {
+                message.take().expect("the last target takes the message")
+            } else {
+                message.clone().expect("kept until the last target")
+            };
+            let lane = self.lane_of(handler, &copy);
             self.schedule.push(
                 Waiting {
                     handler,
-                    message: message.clone(),
+                    message: copy,
                     due: now,
                 },
                 lane,
