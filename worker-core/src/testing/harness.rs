@@ -26,8 +26,8 @@ use crate::retry::attempts::RetryState;
 use crate::state::States;
 use crate::transport::CoreSpans;
 
-/// How long a given-back delivery waits before it is delivered again (the pause the RabbitMQ
-/// transport takes before it gives a delivery back, so that an outage is no hot loop).
+/// How long a given-back delivery waits before it is delivered again (the pause a transport
+/// takes before it gives a delivery back, so that an outage is no hot loop).
 pub const GIVE_BACK_PAUSE: Duration = Duration::from_secs(1);
 
 /// The exchange test messages are published to unless [`TestHarnessBuilder::exchange`] says
@@ -203,7 +203,7 @@ impl TestHarnessBuilder {
 /// The worker's delivery pipeline without a broker: the same code decodes each delivery, claims
 /// its dedup row in a real Postgres transaction, runs the handler, classifies the failure, draws
 /// the retry delay and builds the dead-letter record; in-memory queues and a virtual clock
-/// replace RabbitMQ and waiting. See the [module docs](super) for what it models and what not.
+/// replace the broker and waiting. See the [module docs](super) for what it models and what not.
 pub struct TestHarness {
     handlers: Vec<(Arc<dyn ErasedHandler>, HandlerSpec)>,
     /// Event type → the handlers bound to it.
@@ -242,8 +242,8 @@ impl TestHarness {
     }
 
     /// A builder with these handlers and state: what a transport's worker builder hands over,
-    /// so that a test runs exactly the handlers `main` registers (with the RabbitMQ transport:
-    /// `WorkerBuilder::test_harness`).
+    /// so that a test runs exactly the handlers `main` registers (a transport's worker builder
+    /// offers this as `test_harness()`).
     pub fn builder_from(registry: Registry, states: States) -> TestHarnessBuilder {
         TestHarnessBuilder {
             registry,
