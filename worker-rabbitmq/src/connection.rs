@@ -11,6 +11,7 @@ use futures::StreamExt;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties, Event};
 
+use crate::database::CONNECT_TIMEOUT;
 use crate::error::WorkerError;
 use crate::settings::{BrokerSettings, BrokerTls};
 use worker_core::transport::config::redact_url;
@@ -77,14 +78,19 @@ pub(crate) async fn connect(
     // The tokio runtime this is called on: lapin spawns its heartbeat and internal tasks there and
     // registers the socket with its reactor (its I/O loop thread blocks on this runtime's handle).
     let runtime = lapin::runtime::default_runtime().map_err(failed)?;
-    Connection::connect_with_config(
-        &with_heartbeat(url, broker.heartbeat),
-        properties,
-        tls,
-        runtime,
-    )
-    .await
-    .map_err(failed)
+    let url_with_heartbeat = with_heartbeat(url, broker.heartbeat);
+    let connecting = Connection::connect_with_config(&url_with_heartbeat, properties, tls, runtime);
+    // A refused connection fails at once; an address that swallows packets would otherwise hold
+    // the worker for the system's TCP timeout, minutes, without a word.
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(connected) => connected.map_err(failed),
+        Err(_) => Err(WorkerError::Unanswered {
+            service: "RabbitMQ",
+            url: redact_url(url),
+            after: CONNECT_TIMEOUT,
+            setting: "AMQP_URL",
+        }),
+    }
 }
 
 /// Calls `lost` once `connection` fails (an I/O error, a missed heartbeat, the broker closing it),

@@ -38,6 +38,18 @@ pub enum WorkerError {
         /// The driver's error.
         source: sqlx::Error,
     },
+    /// The database or the broker did not answer a first connection in time.
+    #[error("{service} at {url} did not answer within {after:?} (is it running, and reachable from here? set {setting})")]
+    Unanswered {
+        /// `PostgreSQL` or `RabbitMQ`.
+        service: &'static str,
+        /// The URL, password redacted.
+        url: String,
+        /// How long the worker waited.
+        after: std::time::Duration,
+        /// The variable that names it.
+        setting: &'static str,
+    },
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(String),

@@ -33,6 +33,7 @@ pub mod cli;
 mod connection;
 mod consume;
 mod convert;
+mod database;
 mod deaths;
 pub mod delay;
 pub mod demo;

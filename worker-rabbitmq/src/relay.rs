@@ -21,15 +21,12 @@
 //! (and later events of its aggregate wait for it).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::Connection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use worker_core::transport::config::redact_url;
 use worker_core::transport::outbox::NoRelayObserver;
 use worker_core::transport::outbox::{
     OutboxMessage, OutboxSink, OutboxTable, RelayLoop, SinkError,
@@ -108,18 +105,7 @@ impl RelayBuilder {
     pub async fn start(self) -> Result<RunningRelay, WorkerError> {
         let config = self.config;
         topology::check_names(&self.broker, &[])?;
-        let database_error = |source| WorkerError::Database {
-            url: redact_url(&config.database_url),
-            source,
-        };
-        let options: PgConnectOptions = config.database_url.parse().map_err(database_error)?;
-        let search_path = format!("{},public", config.db_schema.quoted());
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.options([("search_path", search_path.as_str())]))
-            .await
-            .map_err(database_error)?;
+        let pool = crate::database::connect(&config, 2).await?;
         if config.migrate {
             worker_core::transport::outbox::migrate(&pool, &config.db_schema)
                 .await

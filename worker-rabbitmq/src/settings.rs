@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use worker_core::ConfigError;
 
-use worker_core::transport::config::{parse_duration, parse_positive, Secret, Variables};
+use worker_core::transport::config::{
+    parse_duration, parse_positive, redact_url, Secret, Variables,
+};
 use worker_core::OutboxSettings;
 use worker_core::WorkerConfig;
 
@@ -94,8 +96,18 @@ impl BrokerSettings {
     /// Reads the broker's variables from `vars`; unset ones keep their defaults.
     pub fn from_vars(vars: &Variables) -> Result<Self, ConfigError> {
         let defaults = Self::default();
+        let url = vars.string("AMQP_URL").unwrap_or(defaults.url);
+        if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
+            return Err(ConfigError::Invalid {
+                var: "AMQP_URL".into(),
+                value: redact_url(&url),
+                reason: format!(
+                    "not an AMQP URL ({reason}); expected amqp://user:password@host:5672/vhost (or amqps://)"
+                ),
+            });
+        }
         Ok(Self {
-            url: vars.string("AMQP_URL").unwrap_or(defaults.url),
+            url,
             tls: BrokerTls {
                 ca_file: vars.string("WORKER_AMQP_CA_FILE").map(Into::into),
                 client_identity: vars.string("WORKER_AMQP_CLIENT_IDENTITY").map(Into::into),

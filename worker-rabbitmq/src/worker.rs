@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -377,17 +376,11 @@ pub(crate) fn check_names(settings: &Settings, specs: &[HandlerSpec]) -> Result<
     Ok(())
 }
 
+/// The worker's pool: large enough that every delivery in flight can hold its transaction.
 async fn connect_database(
     config: &WorkerConfig,
     specs: &[worker_core::HandlerSpec],
 ) -> Result<PgPool, WorkerError> {
-    let database_error = |source| WorkerError::Database {
-        url: redact_url(&config.database_url),
-        source,
-    };
-    let options: PgConnectOptions = config.database_url.parse().map_err(database_error)?;
-    let search_path = format!("{},public", config.db_schema.quoted());
-    let options = options.options([("search_path", search_path.as_str())]);
     // Every in-flight delivery may hold its transaction and use one more connection through
     // `ctx.pool()` (a handler writing outside its transaction); with fewer connections than that,
     // deliveries holding transactions could wait on each other for the pool. Plus the pruner's.
@@ -407,12 +400,7 @@ async fn connect_database(
         .max(1)
         .min(u32::try_from(wanted).unwrap_or(u32::MAX))
         .max(2);
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .map_err(database_error)
+    crate::database::connect(config, size).await
 }
 
 async fn prune_forever(pool: PgPool, dedup: DedupStore, retention: Duration) {

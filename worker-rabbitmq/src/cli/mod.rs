@@ -72,9 +72,11 @@ impl From<DlqError> for CliError {
 impl CliError {
     fn code(&self) -> u8 {
         match self {
-            CliError::Worker(WorkerError::Connect { .. } | WorkerError::Database { .. }) => {
-                exit::UNREACHABLE
-            }
+            CliError::Worker(
+                WorkerError::Connect { .. }
+                | WorkerError::Database { .. }
+                | WorkerError::Unanswered { .. },
+            ) => exit::UNREACHABLE,
             CliError::Worker(
                 WorkerError::Config(_)
                 | WorkerError::Registry(_)
