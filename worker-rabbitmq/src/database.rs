@@ -48,7 +48,12 @@ pub(crate) async fn connect(
         .parse()
         .map_err(|error: sqlx::Error| invalid(error.to_string()))?;
     let search_path = format!("{},public", config.db_schema.quoted());
-    let options = options.options([("search_path", search_path.as_str())]);
+    // Notices (`schema "public" already exists, skipping` from the migrations' `IF NOT EXISTS`)
+    // are not news: only warnings and errors reach the log.
+    let options = options.options([
+        ("search_path", search_path.as_str()),
+        ("client_min_messages", "warning"),
+    ]);
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
         Ok(Ok(probe)) => {
             // Only the answer mattered; a failure to say goodbye changes nothing.
