@@ -93,6 +93,14 @@ impl Publisher {
         Ok(channel)
     }
 
+    /// Closes the publishing channel, if one is open: before the connection is closed, so that
+    /// the client does not find the channel half-closed and log a connection error.
+    pub async fn close(&self) {
+        if let Some(channel) = self.channel.lock().await.take() {
+            let _ = channel.close(200, "done publishing".into()).await;
+        }
+    }
+
     /// Publishes `message` and returns only once the broker confirmed it, routed.
     pub async fn publish(
         &self,

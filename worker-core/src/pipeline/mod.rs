@@ -1,5 +1,5 @@
-//! The per-delivery pipeline (DESIGN.md §3): open the envelope → decode → claim the dedup row →
-//! run the handler → commit, and decide how the transport settles the delivery.
+//! The per-delivery pipeline (`docs/contracts.md` §3): open the envelope → decode → claim the
+//! dedup row → run the handler → commit, and decide how the transport settles the delivery.
 //!
 //! The pipeline never talks to the broker: it returns a [`Disposition`] and the transport carries
 //! it out, acking only after the outcome is durable. One step per file:
@@ -112,8 +112,20 @@ pub(crate) fn open(
     (envelope, span)
 }
 
-/// Records the outcome on the delivery's span.
+/// Records the outcome on the delivery's span, and logs the deliveries that end without a
+/// failure: a duplicate at INFO (rare, and the proof that dedup did its job), a processed event at
+/// DEBUG (one line per event would flood the log at thousands per second; the metrics count
+/// them, `RUST_LOG=worker_core=debug` shows them). Retries (WARN) and dead letters (ERROR) are
+/// logged where they are decided, so every delivery gets one line.
 pub(crate) fn finish(span: &tracing::Span, disposition: Disposition) -> Disposition {
+    match &disposition {
+        Disposition::Processed => tracing::debug!(parent: span, "processed"),
+        Disposition::Duplicate => tracing::info!(
+            parent: span,
+            "duplicate: processed before, acked without running the handler"
+        ),
+        _ => {}
+    }
     span.record("worker.outcome", disposition.outcome_name());
     if !matches!(disposition, Disposition::Processed | Disposition::Duplicate) {
         span.record("otel.status_code", "error");

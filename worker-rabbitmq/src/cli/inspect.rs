@@ -375,8 +375,10 @@ async fn publish_demo(
     let hook = setup.demo.clone().ok_or_else(no_demo)?;
     declare(connection, setup).await?;
     let publisher = Arc::new(Publisher::new(Arc::clone(connection)));
-    let events = DemoPublisher::new(publisher, setup.broker.exchange.clone());
-    let advice: String = hook(events.clone()).await.map_err(CliError::from)?;
+    let events = DemoPublisher::new(Arc::clone(&publisher), setup.broker.exchange.clone());
+    let advice = hook(events.clone()).await;
+    publisher.close().await;
+    let advice: String = advice.map_err(CliError::from)?;
     let published = events.published();
     if json {
         for p in &published {
