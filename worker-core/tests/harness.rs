@@ -450,6 +450,33 @@ async fn ship(event: OrderPaid, ctx: &Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// A log sink for a test's subscriber.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn dedup_in_a_real_transaction_and_the_outbox_with_sqlx_test(pool: PgPool) {
     sqlx::raw_sql(
@@ -477,7 +504,33 @@ async fn dedup_in_a_real_transaction_and_the_outbox_with_sqlx_test(pool: PgPool)
         "evt_1",
         &order("o1", 10, 1),
     ));
-    harness.run_until_idle().await;
+    let log = Log::default();
+    {
+        // The log a worker writes at its default level (INFO): one line per delivery that is
+        // not plainly processed (sqlx::test runs the test on one thread, so a thread-local
+        // subscriber sees every delivery).
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_ansi(false)
+                .with_writer(log.clone())
+                .finish(),
+        );
+        harness.run_until_idle().await;
+    }
+    let log = log.text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("evt_1")).collect();
+    assert_eq!(lines.len(), 3, "two retries and the duplicate:\n{log}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" WARN ")).count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        lines[2].contains(" INFO ")
+            && lines[2].contains("duplicate: processed before, acked without running the handler"),
+        "{log}"
+    );
     let outcomes: Vec<_> = harness
         .outcomes("charge", "evt_1")
         .iter()
