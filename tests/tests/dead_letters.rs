@@ -1,4 +1,4 @@
-//! Poison and exhausted events become complete dead-letter records (DESIGN.md §5), bad
+//! Poison and exhausted events become complete dead-letter records (`docs/contracts.md` §5), bad
 //! envelopes too, and the worker keeps consuming.
 
 use chrono::Utc;

@@ -2,8 +2,8 @@
 //!
 //! A partitioned handler (`#[handler(event = "...", partition_key = "orderId", partitions = 8)]`)
 //! gets `partitions` queues instead of one work queue; the broker routes each event to one of them
-//! by hashing the `x-partition-key` header the producer sets (the partition routing contract, see
-//! `docs/decisions.md`), and each queue has one active consumer with one delivery in flight.
+//! by hashing the `x-partition-key` header the producer sets (the partition routing contract,
+//! `docs/contracts.md` §1a), and each queue has one active consumer with one delivery in flight.
 //!
 //! This module holds what the transport does not need to know about: the declaration and the check
 //! that a delivery carries a usable key that matches its payload.

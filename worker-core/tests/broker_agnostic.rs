@@ -1,4 +1,5 @@
-//! worker-core is the broker-agnostic runtime (DESIGN.md §7): its code never names the transport.
+//! worker-core is the broker-agnostic runtime (README, "Layout"): its code never names the
+//! transport.
 //! This test reads every source file and fails on a word that belongs to one broker or its
 //! client, so the rule survives the next change.
 

@@ -3,7 +3,7 @@
 //!
 //! - a retry copy that comes back from a delay queue carries the broker's record of its expiry;
 //!   that is not what the producer sent, so it is removed before the core reads the delivery (the
-//!   worker's attempt count travels in its own headers, DESIGN.md §3);
+//!   worker's attempt count travels in its own headers, `docs/contracts.md` §3);
 //! - a message the work queue dead-lettered past its delivery limit carries the broker's record of
 //!   why; it is read into a [`DeliveryLimitDeath`] for the dead-letter record, then removed.
 //!

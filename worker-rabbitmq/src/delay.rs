@@ -1,4 +1,4 @@
-//! How a retry waits on the broker (DESIGN.md §4): which delay queue a retry copy goes to, how
+//! How a retry waits on the broker (`docs/contracts.md` §4): which delay queue a retry copy goes to, how
 //! many delay queues a retry policy needs, and the per-message TTL that holds the copy back.
 //!
 //! Level `k` serves the k-th failure until the exponential part of the delay reaches the cap;

@@ -1,4 +1,4 @@
-//! Carrying out a [`Disposition`]: ack only once the outcome is durable (DESIGN.md §3).
+//! Carrying out a [`Disposition`]: ack only once the outcome is durable (`docs/contracts.md` §3).
 //!
 //! [`make_durable`] publishes what the outcome needs (a retry copy, a dead letter) and waits for
 //! the broker's confirm; [`verdict`] is the one place that turns the result into "ack" or "give

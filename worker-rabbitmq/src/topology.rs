@@ -1,4 +1,4 @@
-//! The exchanges, queues and bindings a worker declares (DESIGN.md §2).
+//! The exchanges, queues and bindings a worker declares (`docs/contracts.md` §2).
 //!
 //! Per handler `h` (names carry the configured queue prefix):
 //! - `h`: the work queue, durable, quorum by default, bound to the events exchange with the
@@ -23,7 +23,8 @@
 //! - `h`: not bound to the events exchange; it receives replays (`dlq replay`), which the worker
 //!   forwards to `h.partition` so they join their entity's partition.
 //!
-//! See `docs/decisions.md`, "Partitioned handlers", for the routing contract and the trade-offs.
+//! The partition routing contract is `docs/contracts.md` §1a; the reasons and trade-offs are in
+//! `docs/decisions.md`, "Partitioned handlers".
 //! Every name and every declaration of the worker's topology is in this file.
 
 use lapin::options::{

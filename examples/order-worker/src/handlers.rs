@@ -112,8 +112,9 @@ pub async fn ship_order(
     Ok(())
 }
 
-/// Sends the receipt e-mail. No dedup: an e-mail sent twice after a crash is acceptable (the
-/// article's trade-off), so this runs once per delivery it receives.
+/// Sends the receipt e-mail. No dedup: an e-mail sent twice after a crash is acceptable (a
+/// side effect outside the database is at least once; see `docs/failure-modes.md`), so this runs
+/// once per delivery it receives.
 #[handler(event = "OrderPlaced")]
 pub async fn send_receipt(event: OrderPlaced, ctx: &Context) -> Result<(), HandlerError> {
     validate(&event)?;

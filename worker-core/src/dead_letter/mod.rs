@@ -1,3 +1,3 @@
-//! Dead letters: the record published to `<handler>.dlq` (DESIGN.md §5).
+//! Dead letters: the record published to `<handler>.dlq` (`docs/contracts.md` §5).
 
 pub(crate) mod record;

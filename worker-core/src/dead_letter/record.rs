@@ -115,7 +115,7 @@ pub struct FailureMetadata {
     pub last_error: String,
     /// `poison` (dead-lettered on the attempt it happened) or `retryable` (attempts exhausted).
     pub error_kind: ErrorKind,
-    /// The worker that gave up: `<package name>-<version>`.
+    /// The worker that gave up: `WORKER_CONSUMER`, by default the executable's file name.
     pub consumer: String,
     /// The handler (consumer group).
     pub handler: String,

@@ -1,5 +1,5 @@
 //! Reading a delivery's envelope: event id, event type, where the producer sent it, which
-//! attempt this is, and which trace it belongs to (DESIGN.md §1).
+//! attempt this is, and which trace it belongs to (`docs/contracts.md` §1).
 
 use sqlx::PgPool;
 

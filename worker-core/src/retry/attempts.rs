@@ -1,4 +1,5 @@
-//! The attempt count and first-failure time, carried in the message's own headers (DESIGN.md §3).
+//! The attempt count and first-failure time, carried in the message's own headers
+//! (`docs/contracts.md` §3).
 //!
 //! Nothing about retries is kept in memory or read from the broker's own bookkeeping of
 //! dead-lettered messages: a retry copy carries `x-worker-attempts` (failures so far) and

@@ -1,4 +1,4 @@
-//! Where the retry delay is computed (DESIGN.md §4).
+//! Where the retry delay is computed (`docs/contracts.md` §4).
 
 use std::time::Duration;
 
@@ -83,7 +83,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schedule_matches_design() {
+    fn schedule_matches_the_contract() {
         let p = RetryPolicy::DEFAULT;
         let expected = [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000];
         for (k, ms) in expected.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! Order-tolerant handlers: the article's version check. Events of one entity may arrive out of
+//! Order-tolerant handlers: a per-entity version check. Events of one entity may arrive out of
 //! order (parallel consumers, retries that overtake); a handler that carries a per-entity version
 //! in its events applies only versions newer than the last one it applied, and skips the rest.
 //!

@@ -4,7 +4,8 @@
 //! overtake it. The handler's plain work queue `h` only receives replays (`dlq replay`), which are
 //! forwarded to the hash exchange so they join their entity's partition.
 //!
-//! See `docs/decisions.md`, "Partitioned handlers", for the routing contract and the trade-offs.
+//! The partition routing contract is `docs/contracts.md` §1a; the reasons and trade-offs are in
+//! `docs/decisions.md`, "Partitioned handlers".
 
 use std::time::Instant;
 
