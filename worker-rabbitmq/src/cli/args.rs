@@ -1,10 +1,61 @@
-//! The command line, as clap parses it. Every `--help` ends with examples.
+//! The command line, as clap parses it. Every `--help` ends with examples, written with [`BIN`]
+//! for the binary's name: [`command`] puts in the name the binary was started as, so a worker
+//! called `billing-worker` shows `billing-worker dlq list`.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use worker_core::ErrorKind;
 
 use crate::dlq::Filter;
+
+/// Stands for the binary's own name in the examples of the help texts.
+const BIN: &str = "{bin}";
+
+/// The name examples use when the command line has no program name at all.
+const FALLBACK_BIN: &str = "worker";
+
+/// Parses `args` (the first is the program name, as in `std::env::args_os`), with help texts
+/// whose examples name the program as it was started.
+pub(crate) fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = command(&bin_name(args.first().map(OsString::as_os_str)));
+    let mut matches = command.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches_mut(&mut matches).map_err(|error| error.format(&mut command))
+}
+
+/// The command line of the binary called `bin`: every example in every `--help` starts with it.
+pub(crate) fn command(bin: &str) -> clap::Command {
+    name_examples(Cli::command(), bin)
+}
+
+/// Writes `bin` for [`BIN`] in the examples of `command` and of all its subcommands.
+fn name_examples(command: clap::Command, bin: &str) -> clap::Command {
+    let examples = command
+        .get_after_help()
+        .map(|help| help.to_string().replace(BIN, bin));
+    let command = match examples {
+        Some(examples) => command.after_help(examples),
+        None => command,
+    };
+    command.mut_subcommands(|subcommand| name_examples(subcommand, bin))
+}
+
+/// The binary's name from the program name of its command line: the file name without directory
+/// and extension (`./target/release/billing-worker` → `billing-worker`).
+fn bin_name(program: Option<&OsStr>) -> String {
+    program
+        .and_then(|program| Path::new(program).file_stem())
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .filter(|stem| !stem.is_empty())
+        .unwrap_or_else(|| FALLBACK_BIN.to_owned())
+}
 
 const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failed, 2 bad usage or configuration, \
 3 nothing matched, 4 RabbitMQ or PostgreSQL unreachable.
@@ -14,7 +65,7 @@ Configuration comes from the environment (AMQP_URL, DATABASE_URL, WORKER_*), as 
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  order-worker                      run the worker\n  order-worker run --demo           run it and publish a demo burst\n  order-worker dlq list --trace-id 4bf92f35\n  order-worker dlq stats\n\nExit codes: 0 ok, 1 failed, 2 bad usage or configuration, 3 nothing matched, 4 RabbitMQ or PostgreSQL unreachable."
+    after_help = "Examples:\n  {bin}                      run the worker\n  {bin} run --demo           run it and publish a demo burst\n  {bin} dlq list --trace-id 4bf92f35\n  {bin} dlq stats\n\nExit codes: 0 ok, 1 failed, 2 bad usage or configuration, 3 nothing matched, 4 RabbitMQ or PostgreSQL unreachable."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -25,17 +76,15 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the worker: declare the topology and consume until SIGINT/SIGTERM (the default).
     #[command(
-        after_help = "Examples:\n  order-worker run\n  order-worker run --demo     # also publish the demo burst once consuming"
+        after_help = "Examples:\n  {bin} run\n  {bin} run --demo     # also publish the demo burst once consuming"
     )]
     Run(RunArgs),
     /// List the registered handlers: event type, queue, dedup, retry policy, concurrency.
-    #[command(
-        after_help = "Examples:\n  order-worker handlers\n  order-worker handlers --json | jq '.[].name'"
-    )]
+    #[command(after_help = "Examples:\n  {bin} handlers\n  {bin} handlers --json | jq '.[].name'")]
     Handlers(JsonArgs),
     /// Show the exchange, queues and bindings the worker declares.
     #[command(
-        after_help = "Examples:\n  order-worker topology\n  order-worker topology --declare    # create them now, without consuming"
+        after_help = "Examples:\n  {bin} topology\n  {bin} topology --declare    # create them now, without consuming"
     )]
     Topology(TopologyArgs),
     /// Inspect, replay and purge dead letters (`<handler>.dlq`). Reading never changes the queue.
@@ -43,7 +92,7 @@ pub(crate) enum Command {
     Dlq(DlqCommand),
     /// Publish the application's demo burst to the exchange and say what to look at.
     #[command(
-        after_help = "Examples:\n  order-worker demo          # with the worker running in another terminal\n  order-worker run --demo    # both in one command"
+        after_help = "Examples:\n  {bin} demo          # with the worker running in another terminal\n  {bin} run --demo    # both in one command"
     )]
     Demo(JsonArgs),
     /// The transactional outbox: run a relay that publishes its rows (see `outbox relay --help`).
@@ -56,7 +105,7 @@ pub(crate) enum OutboxCommand {
     /// Publish the outbox table's events (WORKER_DB_SCHEMA) to the exchange until SIGINT/SIGTERM,
     /// without consuming. Several relays may run at once; settings from WORKER_OUTBOX_*.
     #[command(
-        after_help = "Examples:\n  order-worker outbox relay\n  WORKER_OUTBOX=false order-worker run    # workers without a relay of their own"
+        after_help = "Examples:\n  {bin} outbox relay\n  WORKER_OUTBOX=false {bin} run    # workers without a relay of their own"
     )]
     Relay,
 }
@@ -89,30 +138,28 @@ pub(crate) struct TopologyArgs {
 pub(crate) enum DlqCommand {
     /// List dead letters, oldest first, with why they failed. Leaves the queue unchanged.
     #[command(
-        after_help = "Examples:\n  order-worker dlq list\n  order-worker dlq list --trace-id 4bf92f35          # a prefix is enough\n  order-worker dlq list --handler charge-on-order-placed --since 2h\n  order-worker dlq list --error-kind poison --json | jq .failureMetadata.lastError"
+        after_help = "Examples:\n  {bin} dlq list\n  {bin} dlq list --trace-id 4bf92f35          # a prefix is enough\n  {bin} dlq list --handler charge-on-order-placed --since 2h\n  {bin} dlq list --error-kind poison --json | jq .failureMetadata.lastError"
     )]
     List(ListArgs),
     /// Show one dead letter in full: the error, the decoded payload, headers and properties.
     #[command(
-        after_help = "Examples:\n  order-worker dlq show evt_8f3a\n  order-worker dlq show evt_8f3a --json"
+        after_help = "Examples:\n  {bin} dlq show evt_8f3a\n  {bin} dlq show evt_8f3a --json"
     )]
     Show(ShowArgs),
     /// Count dead letters by handler and by failure fingerprint (error with numbers and ids
     /// masked): one big group is a bug, many small transient ones an outage.
-    #[command(
-        after_help = "Examples:\n  order-worker dlq stats\n  order-worker dlq stats --since 1h --json"
-    )]
+    #[command(after_help = "Examples:\n  {bin} dlq stats\n  {bin} dlq stats --since 1h --json")]
     Stats(StatsArgs),
     /// Republish dead letters to their handler's queue exactly as the producer sent them
     /// (attempts reset, trace continued); each entry leaves the DLQ only after the broker
     /// confirmed its copy.
     #[command(
-        after_help = "Examples:\n  order-worker dlq replay evt_8f3a evt_91c2\n  order-worker dlq replay --trace-id 4bf92f35 --dry-run\n  order-worker dlq replay --handler charge-on-order-placed --error-kind retryable --rate 20\n  order-worker dlq replay --all"
+        after_help = "Examples:\n  {bin} dlq replay evt_8f3a evt_91c2\n  {bin} dlq replay --trace-id 4bf92f35 --dry-run\n  {bin} dlq replay --handler charge-on-order-placed --error-kind retryable --rate 20\n  {bin} dlq replay --all"
     )]
     Replay(ReplayArgs),
     /// Remove dead letters for good. Without --yes it only says what it would remove.
     #[command(
-        after_help = "Examples:\n  order-worker dlq purge evt_8f3a             # shows what would go\n  order-worker dlq purge evt_8f3a --yes\n  order-worker dlq purge --error-kind poison --since 7d --yes"
+        after_help = "Examples:\n  {bin} dlq purge evt_8f3a             # shows what would go\n  {bin} dlq purge evt_8f3a --yes\n  {bin} dlq purge --error-kind poison --since 7d --yes"
     )]
     Purge(PurgeArgs),
 }
@@ -175,7 +222,7 @@ pub(crate) struct ListArgs {
     /// Show at most this many entries.
     #[arg(long)]
     pub(crate) limit: Option<usize>,
-    /// One full record per line (DESIGN.md §5 field names) instead of a table.
+    /// One full dead-letter record per line, as JSON (as stored in the DLQ), instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -252,10 +299,83 @@ pub(crate) struct PurgeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+        command("my-worker").debug_assert();
+    }
+
+    /// The `--help` text of the subcommand at `path`, for a binary started as `program`.
+    fn help(program: &str, path: &[&str]) -> String {
+        let args = std::iter::once(program)
+            .chain(path.iter().copied())
+            .chain(["--help"]);
+        match parse(args) {
+            Ok(cli) => panic!("--help parsed as a command: {cli:?}"),
+            Err(error) => {
+                assert_eq!(error.kind(), clap::error::ErrorKind::DisplayHelp);
+                error.render().to_string()
+            }
+        }
+    }
+
+    /// Every subcommand path below `command`, `command` itself (the empty path) first.
+    fn paths(command: &clap::Command, prefix: &[String], found: &mut Vec<Vec<String>>) {
+        found.push(prefix.to_vec());
+        for subcommand in command.get_subcommands() {
+            let mut path = prefix.to_vec();
+            path.push(subcommand.get_name().to_owned());
+            paths(subcommand, &path, found);
+        }
+    }
+
+    #[test]
+    fn help_examples_use_the_binary_s_own_name() {
+        let list = help("/opt/billing/bin/my-worker", &["dlq", "list"]);
+        assert!(list.contains("  my-worker dlq list\n"), "{list}");
+        assert!(
+            list.contains("my-worker dlq list --trace-id 4bf92f35"),
+            "{list}"
+        );
+        assert!(!list.contains("order-worker"), "{list}");
+
+        let mut all = Vec::new();
+        paths(&Cli::command(), &[], &mut all);
+        assert!(all.len() > 10, "{all:?}");
+        for path in &all {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            let text = help("my-worker", &path);
+            for wrong in ["order-worker", BIN] {
+                assert!(
+                    !text.contains(wrong),
+                    "`my-worker {} --help` shows {wrong:?}:\n{text}",
+                    path.join(" ")
+                );
+            }
+            if let Some((_, examples)) = text.split_once("Examples:\n") {
+                for line in examples.lines().take_while(|line| line.starts_with("  ")) {
+                    let line = line.trim_start();
+                    assert!(
+                        line.starts_with("my-worker") || line.contains(" my-worker "),
+                        "`my-worker {} --help`: an example without the binary's name: {line}",
+                        path.join(" ")
+                    );
+                }
+            }
+        }
+        let run = help("my-worker", &[]);
+        assert!(run.contains("my-worker run --demo"), "{run}");
+        assert!(run.contains("Usage: my-worker"), "{run}");
+    }
+
+    #[test]
+    fn the_binary_s_name_is_its_file_name_without_extension() {
+        let name = |program: &str| bin_name(Some(OsStr::new(program)));
+        assert_eq!(name("./target/release/billing-worker"), "billing-worker");
+        assert_eq!(name("billing-worker.exe"), "billing-worker");
+        assert_eq!(name("order-worker"), "order-worker");
+        assert_eq!(name(""), FALLBACK_BIN);
+        assert_eq!(bin_name(None), FALLBACK_BIN);
     }
 }

@@ -1,6 +1,7 @@
 //! The worker binary's command line: `run` (the default), `handlers`, `topology`, `dlq ...`,
 //! `demo`. Generated from the registered handlers; the application's `main` only calls
-//! [`WorkerBuilder::run`](crate::WorkerBuilder::run).
+//! [`WorkerBuilder::run`](crate::WorkerBuilder::run). The examples in `--help` name the binary as
+//! it was started.
 
 mod args;
 mod dlq;
@@ -10,7 +11,6 @@ mod inspect;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
 use worker_core::ConfigError;
 use worker_core::OutboxSettings;
 use worker_core::{HandlerSpec, WorkerConfig};
@@ -20,7 +20,7 @@ use crate::dlq::DlqError;
 use crate::error::WorkerError;
 use crate::settings::{BrokerSettings, Settings};
 use crate::WorkerBuilder;
-use args::{Cli, Command};
+use args::Command;
 pub(crate) use format::Console;
 
 /// Exit codes: 0 success.
@@ -138,7 +138,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match args::parse(args) {
         Ok(cli) => cli,
         Err(error) => {
             let code = if error.use_stderr() { exit::USAGE } else { 0 };
