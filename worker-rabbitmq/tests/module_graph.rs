@@ -50,7 +50,7 @@ fn a_cycle_through_a_chain_or_a_reexport_is_found() {
     };
     write(
         "lib.rs",
-        "mod a;\nmod b;\npub mod c;\nmod d;\nmod error;\npub use d::Thing;\n",
+        "mod a;\nmod b;\npub mod c;\nmod d;\nmod error;\npub use d::Thing;\npub use other::Ext;\n",
     );
     write("a.rs", "use crate::b::B;\n// crate::d in a comment\n");
     write("b.rs", "pub(crate) fn f() { crate::c::g(); }\n");
@@ -64,7 +64,7 @@ fn a_cycle_through_a_chain_or_a_reexport_is_found() {
     );
     write(
         "d.rs",
-        "impl<'a> X<'a> { fn f(c: char) -> bool { c == '{' } }\n",
+        "use crate::Ext;\nimpl<'a> X<'a> { fn f(c: char) -> bool { c == '{' } }\n",
     );
     write("error.rs", "pub(crate) struct E;\n");
     let graph = crate_graph(&dir);
@@ -80,7 +80,8 @@ fn a_cycle_through_a_chain_or_a_reexport_is_found() {
             ("b", vec!["c"]),
             ("c", vec!["a", "d", "error"]),
         ]),
-        "comments and strings are not references; groups and re-exports are"
+        "comments, strings and other crates' re-exported items are not references; groups and \
+         re-exports are"
     );
     assert_eq!(
         cycles(&graph),
@@ -105,8 +106,12 @@ fn crate_graph(src: &Path) -> Graph {
             for (target, line) in crate_paths(&text) {
                 let to = if modules.contains(&target) {
                     target
-                } else if let Some(module) = reexports.get(&target) {
-                    module.clone()
+                } else if let Some(reexported) = reexports.get(&target) {
+                    match reexported {
+                        Some(module) => module.clone(),
+                        // Another crate's item (`pub use worker_core::testing`): not a module here.
+                        None => continue,
+                    }
                 } else {
                     panic!(
                         "{name}:{line}: `crate::{target}` is neither a module of lib.rs nor a \
@@ -148,8 +153,9 @@ fn top_level_modules(lib: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Names re-exported by lib.rs (`pub use m::{A, B};`, `pub use m::A;`) and the module of each.
-fn reexports(lib: &str, modules: &BTreeSet<String>) -> BTreeMap<String, String> {
+/// Names re-exported by lib.rs (`pub use m::{A, B};`, `pub use m::A;`) and the module of each;
+/// `None` for a name another crate defines (`pub use worker_core::testing;`).
+fn reexports(lib: &str, modules: &BTreeSet<String>) -> BTreeMap<String, Option<String>> {
     let mut names = BTreeMap::new();
     for statement in lib.split(';') {
         let statement = statement.trim();
@@ -162,16 +168,14 @@ fn reexports(lib: &str, modules: &BTreeSet<String>) -> BTreeMap<String, String> 
         let Some((module, rest)) = path.split_once("::") else {
             continue;
         };
-        if !modules.contains(module) {
-            continue;
-        }
+        let module = modules.contains(module).then(|| module.to_owned());
         let rest = rest.trim().trim_start_matches('{').trim_end_matches('}');
         for item in rest.split(',') {
             let item = item.trim();
             let exported = item.rsplit(" as ").next().unwrap_or(item).trim();
             let exported = exported.rsplit("::").next().unwrap_or(exported);
             if is_ident(exported) {
-                names.insert(exported.to_owned(), module.to_owned());
+                names.insert(exported.to_owned(), module.clone());
             }
         }
     }
