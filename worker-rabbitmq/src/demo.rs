@@ -16,9 +16,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use worker_core::transport::message::{HeaderValue, Properties};
-use worker_core::transport::pipeline::OutboundMessage;
-use worker_core::transport::trace_context::{new_trace_id, TRACEPARENT_HEADER};
+use worker_core::transport::message::Headers;
 use worker_core::BoxFuture;
 
 use crate::publisher::{PublishError, Publisher};
@@ -80,27 +78,17 @@ impl DemoPublisher {
         payload: &serde_json::Value,
         expect: &str,
     ) -> Result<String, DemoError> {
-        let trace_id = new_trace_id();
-        let span_id = &new_trace_id()[..16];
-        let mut properties = Properties {
-            message_id: Some(event_id.into()),
-            content_type: Some("application/json".into()),
-            delivery_mode: Some(2),
-            timestamp: u64::try_from(chrono::Utc::now().timestamp()).ok(),
-            ..Default::default()
-        };
-        properties.headers.insert(
-            TRACEPARENT_HEADER.into(),
-            HeaderValue::string(format!("00-{trace_id}-{span_id}-01")),
-        );
-        let message = OutboundMessage {
-            body: serde_json::to_vec(payload)
-                .map_err(|e| DemoError::Other(format!("payload of {event_id}: {e}")))?,
-            properties,
-        };
-        self.publisher
-            .publish(&self.exchange, event_type, &message)
-            .await?;
+        let body = serde_json::to_vec(payload)
+            .map_err(|e| DemoError::Other(format!("payload of {event_id}: {e}")))?;
+        let trace_id = crate::produce::publish_event(
+            &self.publisher,
+            &self.exchange,
+            event_type,
+            event_id,
+            body,
+            Headers::new(),
+        )
+        .await?;
         if let Ok(mut published) = self.published.lock() {
             published.push(Published {
                 event_type: event_type.into(),

@@ -41,6 +41,7 @@ pub mod dlq;
 mod error;
 mod lag;
 mod ledger;
+mod produce;
 mod publisher;
 pub mod relay;
 mod runner;

@@ -7,6 +7,7 @@ mod args;
 mod dlq;
 mod format;
 mod inspect;
+mod publish;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -29,7 +30,8 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// The command line or the configuration is wrong.
     pub const USAGE: u8 = 2;
-    /// A `dlq show`, `replay` or `purge` selection matched no dead letter.
+    /// A `dlq show`, `replay` or `purge` selection matched no dead letter, or `publish` found no
+    /// queue bound for the event type.
     pub const NOTHING_MATCHED: u8 = 3;
     /// RabbitMQ (or PostgreSQL) cannot be reached.
     pub const UNREACHABLE: u8 = 4;
@@ -61,6 +63,13 @@ pub(crate) enum CliError {
     NothingMatched(String),
     #[error("{0}")]
     Usage(String),
+    #[error("no queue is bound for `{event_type}` on exchange `{exchange}`, so the broker returned the event: start the worker (it declares its queues) or run `topology --declare`")]
+    Unroutable {
+        event_type: String,
+        exchange: String,
+    },
+    #[error(transparent)]
+    Publish(#[from] crate::publisher::PublishError),
 }
 
 impl From<DlqError> for CliError {
@@ -84,7 +93,7 @@ impl CliError {
             )
             | CliError::Config(_)
             | CliError::Usage(_) => exit::USAGE,
-            CliError::NothingMatched(_) => exit::NOTHING_MATCHED,
+            CliError::NothingMatched(_) | CliError::Unroutable { .. } => exit::NOTHING_MATCHED,
             _ => exit::FAILED,
         }
     }
@@ -192,6 +201,7 @@ async fn dispatch(
         Command::Handlers(args) => inspect::handlers(&setup, args.json, console),
         Command::Topology(args) => inspect::topology(&setup, args, console).await,
         Command::Demo(args) => inspect::demo(&setup, args.json, console).await,
+        Command::Publish(args) => publish::run(&setup, args, console).await,
         Command::Dlq(command) => dlq::run(&setup, command, console).await,
         Command::Outbox(args::OutboxCommand::Relay) => {
             let _telemetry =
