@@ -150,6 +150,13 @@ async fn list_filters_json_and_browsing_changes_nothing() {
         sorted_ids(&by_trace),
         ["evt_p1", "evt_p1", "evt_p2", "evt_p2"]
     );
+    assert_eq!(by_trace.code, 0, "{by_trace:?}");
+    let none = cli(&env, &["dlq", "list", "--trace-id", "ffff0000"]).await;
+    assert_eq!(
+        none.code, 3,
+        "a listing that matches nothing exits 3: {none:?}"
+    );
+    assert!(none.stdout.starts_with("no dead letters match"), "{none:?}");
     let one = cli(
         &env,
         &[

@@ -189,8 +189,16 @@ async fn list(
             held.len()
         ));
     }
+    let nothing = chosen.is_empty();
+    drop(chosen);
     release(held).await;
-    Ok(0)
+    // As `show`, `replay` and `purge`: a listing that matched nothing says so in its exit code,
+    // so a script can tell "no such dead letter" from "here they are".
+    Ok(if nothing {
+        super::exit::NOTHING_MATCHED
+    } else {
+        0
+    })
 }
 
 async fn show(

@@ -30,7 +30,7 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// The command line or the configuration is wrong.
     pub const USAGE: u8 = 2;
-    /// A `dlq show`, `replay` or `purge` selection matched no dead letter, or `publish` found no
+    /// A `dlq list`, `show`, `replay` or `purge` selection matched no dead letter, or `publish` found no
     /// queue bound for the event type.
     pub const NOTHING_MATCHED: u8 = 3;
     /// RabbitMQ (or PostgreSQL) cannot be reached.
