@@ -38,6 +38,14 @@ pub const DEFAULT_EXCHANGE: &str = "events";
 /// to become idle.
 pub const DEFAULT_GIVE_BACK_LIMIT: usize = 1000;
 
+/// `time + by`, at most the latest time chrono represents (a test may `advance(Duration::MAX)`).
+fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(by)
+        .ok()
+        .and_then(|by| time.checked_add_signed(by))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// Why a harness cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -314,8 +322,7 @@ impl TestHarness {
     /// Moves the virtual clock forward by `by`, delivering everything that falls due on the way,
     /// in due order (a delivery sees the clock at its due time). Returns the deliveries made.
     pub async fn advance(&mut self, by: Duration) -> &[Delivery] {
-        let target =
-            self.clock.now() + chrono::Duration::from_std(by).unwrap_or(chrono::TimeDelta::MAX);
+        let target = later(self.clock.now(), by);
         let first = self.deliveries.len();
         while self.schedule.next_due().is_some_and(|due| due <= target) {
             self.step().await;
@@ -388,7 +395,7 @@ impl TestHarness {
                 error,
                 ..
             } => {
-                let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
+                let at = later(now, delay);
                 let delivery = delivery_of(Outcome::RetryScheduled {
                     attempt: failures + 1,
                     at,
@@ -414,7 +421,7 @@ impl TestHarness {
                 (delivery, Some((message, at)))
             }
             Disposition::GiveBack { reason } => {
-                let at = now + chrono::Duration::from_std(GIVE_BACK_PAUSE).expect("one second");
+                let at = later(now, GIVE_BACK_PAUSE);
                 let mut message = waiting.message.clone();
                 message.redelivered = true;
                 (
