@@ -270,9 +270,8 @@ pub mod outbox {
 
 /// Partitioned handlers: the routing header and the key of a delivery.
 pub mod partition {
-    pub use crate::partition::{
-        key_of, next_attempt, PartitionError, MAX_PARTITIONS, PARTITION_KEY_HEADER,
-    };
+    pub use crate::partition::{key_of, PartitionError, MAX_PARTITIONS, PARTITION_KEY_HEADER};
+    pub use crate::pipeline::in_place::next_attempt;
 }
 
 /// The delivery pipeline: decode, dedup transaction, classification, disposition.

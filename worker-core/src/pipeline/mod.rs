@@ -13,6 +13,7 @@ pub(crate) mod delivery_limit;
 pub(crate) mod disposition;
 pub(crate) mod envelope;
 pub(crate) mod failure;
+pub(crate) mod in_place;
 pub(crate) mod transaction;
 
 use std::sync::Arc;

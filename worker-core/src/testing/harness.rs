@@ -404,7 +404,7 @@ impl TestHarness {
                 });
                 let message = match &lane {
                     // Retried in place, at the head of its partition.
-                    Some(_) => crate::partition::next_attempt(&waiting.message, copy),
+                    Some(_) => crate::pipeline::in_place::next_attempt(&waiting.message, copy),
                     // Through the delay queue, which dead-letters the copy back to the work
                     // queue by the default exchange; the broker drops the copy's TTL on the way.
                     None => InboundMessage {
