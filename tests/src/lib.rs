@@ -295,47 +295,60 @@ where
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let id = self.id.clone();
-        let prefix = self.broker.queue_prefix.clone();
-        let exchange = self.broker.exchange.clone();
-        // Runs on its own thread and runtime so cleanup also happens when a test panics.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let connection = amqp_connect().await;
-                let channel = connection.create_channel().await.expect("channel");
-                for queue in list_queues(&prefix) {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
+        remove_namespace(
+            &self.broker.queue_prefix,
+            &[self.broker.exchange.as_str()],
+            &[self.id.as_str()],
+        );
+    }
+}
+
+/// Deletes every queue and exchange whose name starts with `prefix`, the `exchanges` and the
+/// Postgres `schemas` (with what is in them). Runs on its own thread and runtime, so it also
+/// works from a `Drop` while a test panics.
+pub fn remove_namespace(prefix: &str, exchanges: &[&str], schemas: &[&str]) {
+    assert!(
+        !prefix.is_empty(),
+        "an empty prefix would remove every queue"
+    );
+    let prefix = prefix.to_owned();
+    let exchanges: Vec<String> = exchanges.iter().map(|e| (*e).to_owned()).collect();
+    let schemas: Vec<String> = schemas.iter().map(|s| (*s).to_owned()).collect();
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let connection = amqp_connect().await;
+            let channel = connection.create_channel().await.expect("channel");
+            for queue in list_queues(&prefix) {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            // Exchanges a worker declares per handler (partitioned handlers' hash exchanges).
+            for exchange in exchanges.into_iter().chain(list_exchanges(&prefix)) {
                 let _ = channel
                     .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                     .await;
-                // Exchanges a worker declares per handler (partitioned handlers' hash exchanges).
-                for exchange in list_exchanges(&prefix) {
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-                let _ = connection.close(200, "test cleanup".into()).await;
-                if let Ok(admin) = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&database_url())
-                    .await
-                {
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{id}\" CASCADE"))
+            }
+            let _ = connection.close(200, "test cleanup".into()).await;
+            if let Ok(admin) = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&database_url())
+                .await
+            {
+                for schema in schemas {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
                         .execute(&admin)
                         .await;
-                    admin.close().await;
                 }
-            });
+                admin.close().await;
+            }
         });
-        let _ = cleanup.join();
-    }
+    });
+    let _ = cleanup.join();
 }
 
 /// Every queue whose name starts with `prefix`, as `rabbitmqctl` lists them.

@@ -162,3 +162,41 @@ async fn the_command_line_exits_4_for_an_unreachable_service_and_2_for_a_malform
         );
     }
 }
+
+#[tokio::test]
+async fn a_busy_metrics_port_is_exit_2_naming_the_setting() {
+    let env = TestEnv::new().await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("address");
+    let output = Command::new(env!("CARGO_BIN_EXE_cli_worker"))
+        .arg("run")
+        .envs(env.worker_env())
+        .env("WORKER_METRICS_ADDR", addr.to_string())
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the worker gave up within a minute")
+        .expect("the worker binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve metrics on {addr}"))
+            && stderr.contains("set WORKER_METRICS_ADDR to another address, or `off`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_application_name_that_cannot_prefix_queue_names_is_exit_2() {
+    let env = TestEnv::new().await;
+    let mut vars = env.worker_env();
+    vars.push(("WORKER_APP", "billing app".into()));
+    let (code, stderr, _) = run_cli(&vars).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("WORKER_APP=\"billing app\" is invalid"),
+        "{stderr}"
+    );
+}

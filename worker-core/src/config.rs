@@ -6,13 +6,14 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
+//! | `WORKER_APP` | the executable's name | the application's name: the default schema, queue prefix and `consumer` derive from it, so two applications on one database and one broker stay apart |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | database |
-//! | `WORKER_DB_SCHEMA` | `public` | schema of `processed_events`, first on the `search_path` of handler connections |
+//! | `WORKER_DB_SCHEMA` | the application's name as an identifier (`order-worker` → `order_worker`) | schema of the framework's tables (`processed_events`, `outbox`, the migration records) and of the application's own migrations: first on the `search_path` of handler connections |
 //! | `WORKER_MIGRATE` | `true` | bring the framework's tables up to date at start-up ([`crate::migrations`], recorded in `<schema>.worker_schema_migrations`), then run the application's migrations |
 //! | `WORKER_DEDUP_RETENTION` | `7d` | dedup rows older than this are pruned |
 //! | `WORKER_SHUTDOWN_TIMEOUT` | `30s` | how long in-flight deliveries may finish after a stop signal |
 //! | `WORKER_DB_POOL_SIZE` | `64` | most database connections; the pool is sized to what the handlers' concurrency needs (two per in-flight dedup delivery, one per other), up to this |
-//! | `WORKER_CONSUMER` | the executable's name | `consumer` in dead-letter records |
+//! | `WORKER_CONSUMER` | the application's name | `consumer` in dead-letter records |
 //! | `WORKER_METRICS_ADDR` | `0.0.0.0:9464` | where `/metrics`, `/healthz`, `/readyz` are served; `off` turns the endpoint off |
 //! | `WORKER_MAX_PAYLOAD_BYTES` | `4194304` (4 MiB) | larger message bodies are dead-lettered as poison without being decoded |
 //! | `WORKER_BATCH_SIZE` | half the handler's concurrency, at most 50 | dedup handlers: most deliveries processed in one transaction (a savepoint each) when they are ready together, with up to 8 such transactions per handler at once; `1` turns batching off |
@@ -123,9 +124,12 @@ pub struct HandlerOverrides {
 /// Everything a worker is configured with that does not depend on the transport.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// The application's name (`WORKER_APP`); [`WorkerConfig::for_app`] derives the schema and
+    /// the consumer from it, and the transport its queue prefix.
+    pub app: String,
     /// Database URL (may hold credentials: log it with [`redact_url`]).
     pub database_url: String,
-    /// Schema of the dedup table.
+    /// Schema of the framework's tables, first on the handlers' `search_path`.
     pub db_schema: Identifier,
     /// Whether to run the framework's versioned migrations (and the application's) at start-up.
     pub migrate: bool,
@@ -157,8 +161,12 @@ pub struct WorkerConfig {
     pub handler_vars: HashMap<String, HandlerOverrides>,
 }
 
+/// The neutral defaults for a configuration built in code (tests, the test harness): schema
+/// `public`. A worker process reads [`WorkerConfig::from_env`] instead, whose defaults come
+/// from the application's name ([`WorkerConfig::for_app`]).
 impl Default for WorkerConfig {
     fn default() -> Self {
+        let app = default_app();
         Self {
             database_url: DEFAULT_DATABASE_URL.into(),
             db_schema: Identifier::new("public").expect("`public` is a valid identifier"),
@@ -166,7 +174,8 @@ impl Default for WorkerConfig {
             dedup_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(30),
             db_pool_size: 64,
-            consumer: default_consumer(),
+            consumer: app.clone(),
+            app,
             metrics_addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 9464))),
             lag_poll_interval: Duration::from_secs(15),
             max_payload_bytes: 4 * 1024 * 1024,
@@ -187,10 +196,32 @@ impl WorkerConfig {
         Self::from_vars(&Variables::from_env())
     }
 
-    /// Reads the variables in the module docs from `vars`; unset ones keep their defaults.
+    /// The defaults of application `app`: its tables in the schema named after it
+    /// ([`Identifier::from_name`]) and `app` as the consumer, so that two applications sharing
+    /// one database never share a table.
+    ///
+    /// ```
+    /// use worker_core::WorkerConfig;
+    ///
+    /// let config = WorkerConfig::for_app("order-worker");
+    /// assert_eq!(config.db_schema.as_str(), "order_worker");
+    /// assert_eq!(config.consumer, "order-worker");
+    /// ```
+    pub fn for_app(app: &str) -> Self {
+        Self {
+            app: app.to_owned(),
+            db_schema: Identifier::from_name(app),
+            consumer: app.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Reads the variables in the module docs from `vars`; unset ones keep the defaults of the
+    /// application ([`app_name`], [`WorkerConfig::for_app`]).
     pub fn from_vars(vars: &Variables) -> Result<Self, ConfigError> {
-        let defaults = Self::default();
+        let defaults = Self::for_app(&app_name(vars)?);
         Ok(Self {
+            app: defaults.app.clone(),
             database_url: vars.string("DATABASE_URL").unwrap_or(defaults.database_url),
             db_schema: match vars.string("WORKER_DB_SCHEMA") {
                 Some(schema) => Identifier::new(&schema)?,
@@ -405,11 +436,52 @@ pub fn handler_env_name(handler: &str) -> String {
         .collect()
 }
 
-fn default_consumer() -> String {
-    std::env::current_exe()
+/// The application's name: `WORKER_APP`, or the executable's name. It must be 1-100 ASCII
+/// letters, digits, `-`, `_` or `.` (it prefixes queue names); characters of the executable's
+/// name outside that set become `-`.
+pub fn app_name(vars: &Variables) -> Result<String, ConfigError> {
+    match vars.string("WORKER_APP") {
+        Some(app) => {
+            let valid = !app.is_empty()
+                && app.len() <= 100
+                && app
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if valid {
+                Ok(app)
+            } else {
+                Err(ConfigError::Invalid {
+                    var: "WORKER_APP".into(),
+                    value: app,
+                    reason: "expected 1-100 ASCII letters, digits, `-`, `_` or `.`".into(),
+                })
+            }
+        }
+        None => Ok(default_app()),
+    }
+}
+
+fn default_app() -> String {
+    let stem = std::env::current_exe()
         .ok()
         .and_then(|path| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "worker".into())
+        .unwrap_or_default();
+    let app: String = stem
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if app.is_empty() {
+        "worker".into()
+    } else {
+        app
+    }
 }
 
 /// Parses the value of `var`; the error names the variable and its value.

@@ -222,7 +222,7 @@ pub(crate) fn debug_check_process_span(span: &tracing::Span) {
 /// Reading settings: the environment snapshot, the value parsers and URL redaction.
 pub mod config {
     pub use crate::config::{
-        handler_env_name, parse_bool, parse_duration, parse_positive, redact_url, Secret,
+        app_name, handler_env_name, parse_bool, parse_duration, parse_positive, redact_url, Secret,
         Variables, DEFAULT_DATABASE_URL, MAX_DEFAULT_BATCH_SIZE,
     };
     pub use crate::handler::DEFAULT_CONCURRENCY;

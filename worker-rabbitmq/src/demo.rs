@@ -57,16 +57,24 @@ pub struct Published {
 pub struct DemoPublisher {
     publisher: Arc<Publisher>,
     exchange: String,
+    db_schema: String,
     published: Arc<Mutex<Vec<Published>>>,
 }
 
 impl DemoPublisher {
-    pub(crate) fn new(publisher: Arc<Publisher>, exchange: String) -> Self {
+    pub(crate) fn new(publisher: Arc<Publisher>, exchange: String, db_schema: String) -> Self {
         Self {
             publisher,
             exchange,
+            db_schema,
             published: Arc::default(),
         }
+    }
+
+    /// The worker's schema (`WORKER_DB_SCHEMA`), where its tables are: for the queries a demo
+    /// suggests.
+    pub fn db_schema(&self) -> &str {
+        &self.db_schema
     }
 
     /// Publishes `payload` as event `event_id` of type `event_type`; `expect` says what should

@@ -11,7 +11,7 @@
 //! | `WORKER_AMQP_CLIENT_IDENTITY`, `WORKER_AMQP_CLIENT_IDENTITY_PASSWORD` | unset | `amqps://`: client certificate and key as a PKCS#12 file, and its password |
 //! | `WORKER_HEARTBEAT` | `10s` | AMQP heartbeat asked for (whole seconds) unless the URL sets `heartbeat=`; a silent connection is given up after about twice this |
 //! | `WORKER_EXCHANGE` | `events` | topic exchange producers publish to |
-//! | `WORKER_QUEUE_PREFIX` | empty | prepended to every queue name (isolates test runs) |
+//! | `WORKER_QUEUE_PREFIX` | the application's name and a dot (`WORKER_APP`, default the executable's name: `order-worker.`) | prepended to every queue name, so two applications with a handler of the same name do not compete for one queue; set it empty for bare handler names |
 //! | `WORKER_QUEUE_TYPE` | `quorum` | work queue type: `quorum` or `classic` |
 //! | `WORKER_DELIVERY_LIMIT` | `20` | quorum work queues: deliveries after which the broker dead-letters a message that was never settled (crash loop); `off` for none |
 
@@ -21,7 +21,7 @@ use std::time::Duration;
 use worker_core::ConfigError;
 
 use worker_core::transport::config::{
-    parse_duration, parse_positive, redact_url, Secret, Variables,
+    app_name, parse_duration, parse_positive, redact_url, Secret, Variables,
 };
 use worker_core::OutboxSettings;
 use worker_core::WorkerConfig;
@@ -72,6 +72,9 @@ pub struct BrokerSettings {
     pub delivery_limit: Option<u32>,
 }
 
+/// The neutral defaults for settings built in code: no queue prefix. A worker process reads
+/// [`BrokerSettings::from_env`], whose prefix comes from the application's name
+/// ([`BrokerSettings::for_app`]).
 impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
@@ -93,9 +96,25 @@ impl BrokerSettings {
         Self::from_vars(&Variables::from_env())
     }
 
-    /// Reads the broker's variables from `vars`; unset ones keep their defaults.
+    /// The defaults of application `app`: its queues named `<app>.<handler>`.
+    ///
+    /// ```
+    /// use worker_rabbitmq::BrokerSettings;
+    ///
+    /// let broker = BrokerSettings::for_app("order-worker");
+    /// assert_eq!(broker.queue_name("charge"), "order-worker.charge");
+    /// ```
+    pub fn for_app(app: &str) -> Self {
+        Self {
+            queue_prefix: format!("{app}."),
+            ..Self::default()
+        }
+    }
+
+    /// Reads the broker's variables from `vars`; unset ones keep the defaults of the
+    /// application ([`app_name`], [`BrokerSettings::for_app`]).
     pub fn from_vars(vars: &Variables) -> Result<Self, ConfigError> {
-        let defaults = Self::default();
+        let defaults = Self::for_app(&app_name(vars)?);
         let url = vars.string("AMQP_URL").unwrap_or(defaults.url);
         if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
             return Err(ConfigError::Invalid {

@@ -65,10 +65,11 @@ pub async fn burst(events: DemoPublisher) -> Result<String, DemoError> {
          \x20 dlq list --trace-id {}   the poison order, found by its trace id\n\
          \x20 dlq show {}        why usr_77's charge failed (trace {down})\n\
          \x20 dlq stats                      one fingerprint per cause\n\
-         \x20 topology                       ship-order's 4 partition queues behind ship-order.partition\n\
+         \x20 topology                       ship-order's 4 partition queues behind its hash exchange\n\
          Shipments (OrderPaid via the outbox, one order at a time in its partition):\n\
-         \x20 psql -h 127.0.0.1 -U postgres -c \"select order_id, version from shipments where order_id like 'ord_{run:04x}%'\"",
+         \x20 psql -h 127.0.0.1 -U postgres -c \"select order_id, version from {schema}.shipments where order_id like 'ord_{run:04x}%'\"",
         &poison[..12],
         id("issuer"),
+        schema = events.db_schema(),
     ))
 }

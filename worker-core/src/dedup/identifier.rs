@@ -29,6 +29,28 @@ impl Identifier {
         }
     }
 
+    /// The identifier closest to `name`: lowercased, every other character than a letter, digit
+    /// or `_` made `_`, a leading digit prefixed with `_`, cut to 63 bytes (`order-worker` →
+    /// `order_worker`). Used for the default schema of an application.
+    pub fn from_name(name: &str) -> Self {
+        let mut id: String = name
+            .chars()
+            .map(|c| {
+                let c = c.to_ascii_lowercase();
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if !id.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+            id.insert(0, '_');
+        }
+        id.truncate(63);
+        Self(id)
+    }
+
     /// The identifier, quoted for SQL.
     pub fn quoted(&self) -> String {
         format!("\"{}\"", self.0)
@@ -65,5 +87,21 @@ mod tests {
         ] {
             assert!(Identifier::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn from_name_makes_any_name_a_valid_identifier() {
+        for (name, id) in [
+            ("order-worker", "order_worker"),
+            ("Billing.Worker", "billing_worker"),
+            ("9lives", "_9lives"),
+            ("", "_"),
+            ("käse", "k_se"),
+        ] {
+            let made = Identifier::from_name(name);
+            assert_eq!(made.as_str(), id);
+            assert!(Identifier::new(made.as_str()).is_ok(), "{name}");
+        }
+        assert_eq!(Identifier::from_name(&"a".repeat(80)).as_str().len(), 63);
     }
 }

@@ -375,7 +375,11 @@ async fn publish_demo(
     let hook = setup.demo.clone().ok_or_else(no_demo)?;
     declare(connection, setup).await?;
     let publisher = Arc::new(Publisher::new(Arc::clone(connection)));
-    let events = DemoPublisher::new(Arc::clone(&publisher), setup.broker.exchange.clone());
+    let events = DemoPublisher::new(
+        Arc::clone(&publisher),
+        setup.broker.exchange.clone(),
+        setup.config.db_schema.to_string(),
+    );
     let advice = hook(events.clone()).await;
     publisher.close().await;
     let advice: String = advice.map_err(CliError::from)?;

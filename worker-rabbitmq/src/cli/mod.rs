@@ -89,6 +89,7 @@ impl CliError {
             CliError::Worker(
                 WorkerError::Config(_)
                 | WorkerError::Registry(_)
+                | WorkerError::MetricsEndpoint { .. }
                 | WorkerError::ConsistentHashPluginMissing { .. },
             )
             | CliError::Config(_)
