@@ -320,8 +320,11 @@ impl WorkerBuilder {
         let relay =
             outbox.map(|settings| crate::relay::spawn(pool.clone(), &config, &broker, settings));
         tracing::info!(
+            app = %config.app,
             amqp = %redact_url(&broker.url),
             database = %redact_url(&config.database_url),
+            schema = %config.db_schema,
+            queue_prefix = %broker.queue_prefix,
             handlers = ?self.registry,
             "worker started"
         );

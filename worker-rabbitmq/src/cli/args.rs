@@ -31,8 +31,12 @@ where
 }
 
 /// The command line of the binary called `bin`: every example in every `--help` starts with it.
+/// `--version` says which binary it is and the framework it was built with
+/// (`billing-worker (worker-rabbitmq 0.1.0)`).
 pub(crate) fn command(bin: &str) -> clap::Command {
     name_examples(Cli::command(), bin)
+        .display_name(bin)
+        .version(concat!("(worker-rabbitmq ", env!("CARGO_PKG_VERSION"), ")"))
 }
 
 /// Writes `bin` for [`BIN`] in the examples of `command` and of all its subcommands.
@@ -403,5 +407,18 @@ mod tests {
         assert_eq!(name("order-worker"), "order-worker");
         assert_eq!(name(""), FALLBACK_BIN);
         assert_eq!(bin_name(None), FALLBACK_BIN);
+    }
+
+    #[test]
+    fn version_names_the_binary_and_the_framework() {
+        let error = parse(["billing-worker", "--version"]).expect_err("--version exits");
+        assert_eq!(error.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "billing-worker (worker-rabbitmq {})\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
     }
 }
