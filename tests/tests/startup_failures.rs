@@ -200,3 +200,41 @@ async fn an_application_name_that_cannot_prefix_queue_names_is_exit_2() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_one_line_with_the_default_log_filter() {
+    let env = TestEnv::new().await;
+    let mut vars = env.worker_env();
+    vars.retain(|(k, _)| *k != "AMQP_URL");
+    let output = Command::new(env!("CARGO_BIN_EXE_cli_worker"))
+        .arg("run")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .env(
+            "AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+        )
+        .env("WORKER_METRICS_ADDR", "off")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the worker gave up within a minute")
+        .expect("the worker binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.starts_with("error"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one error line, the worker's own:\n{stderr}"
+    );
+    assert!(
+        errors[0].starts_with("error: cannot connect to RabbitMQ")
+            && errors[0].contains("vhost no-such-vhost not found"),
+        "{stderr}"
+    );
+}

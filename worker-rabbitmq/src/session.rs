@@ -63,11 +63,6 @@ impl Blueprint {
     /// Connects, declares the topology and starts every handler's consumer.
     pub(crate) async fn open(&self) -> Result<Session, WorkerError> {
         let connection = Arc::new(connect(&self.broker, &self.config.consumer).await?);
-        let health = Arc::clone(&self.health);
-        on_error(&connection, move |error| {
-            tracing::error!(%error, "RabbitMQ connection lost");
-            health.set_broker_connected(false);
-        });
         let setup = connection
             .create_channel()
             .await
@@ -77,6 +72,13 @@ impl Blueprint {
             topology::declare_handler(&setup, &self.broker, spec).await?;
         }
         let _ = setup.close(200, "topology declared".into()).await;
+        // Watched from here: a declaration the broker refuses with a connection error (a missing
+        // exchange type) is the start-up error itself, said once by whoever called `open`.
+        let health = Arc::clone(&self.health);
+        on_error(&connection, move |error| {
+            tracing::error!(%error, "RabbitMQ connection lost");
+            health.set_broker_connected(false);
+        });
 
         let publisher = Arc::new(Publisher::new(Arc::clone(&connection)));
         self.health.set_broker_connected(true);

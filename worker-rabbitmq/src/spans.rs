@@ -6,6 +6,12 @@
 use worker_core::transport::{process_span, publish_span, ProcessSpan, PublishSpan, Spans};
 
 /// The span attribute holding the routing key of a delivery or publish.
+/// The log filter when `RUST_LOG` is not set: `info`, with lapin's own lines off. The worker
+/// reports what they would say itself, once and with what to do (`RabbitMQ connection lost ...`,
+/// a start-up error naming the cause); lapin logs the same connection error two or three times
+/// at ERROR. `RUST_LOG=info,lapin=info` brings them back.
+pub(crate) const DEFAULT_LOG_FILTER: &str = "info,lapin=off";
+
 pub(crate) const ROUTING_KEY: &str = "messaging.rabbitmq.destination.routing_key";
 
 /// The RabbitMQ transport's [`Spans`].

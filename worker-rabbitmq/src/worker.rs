@@ -197,8 +197,10 @@ impl WorkerBuilder {
             Some(settings) => settings,
             None => Settings::from_env()?,
         };
-        let _telemetry =
-            worker_core::transport::telemetry::logging::init(&settings.worker.consumer);
+        let _telemetry = worker_core::transport::telemetry::logging::init_with_default(
+            &settings.worker.consumer,
+            crate::spans::DEFAULT_LOG_FILTER,
+        );
         self.settings = Some(settings);
         let mut worker = self.start().await?;
         tokio::select! {

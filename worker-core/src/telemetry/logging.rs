@@ -2,7 +2,7 @@
 //! `WORKER_LOG_FORMAT=json`), and spans exported over OTLP/HTTP when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. The standard
 //! `OTEL_*` variables apply (`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, ...). Filter with
-//! `RUST_LOG` (default `info`).
+//! `RUST_LOG` (default `info`, or the filter the transport passes to [`init_with_default`]).
 
 use std::io::IsTerminal;
 
@@ -42,9 +42,16 @@ fn otlp_configured() -> bool {
 
 /// Installs the global subscriber, unless the application installed one already (then its
 /// choice stands and this does nothing). `service` names the service when `OTEL_SERVICE_NAME`
-/// is not set.
+/// is not set. Without `RUST_LOG`, the filter is `info`.
 pub fn init(service: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default(service, "info")
+}
+
+/// [`init`] with another filter for when `RUST_LOG` is not set: a transport quiets the client
+/// library whose errors it reports itself (`info,<library>=off`).
+pub fn init_with_default(service: &str, default_filter: &str) -> TelemetryGuard {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("WORKER_LOG_FORMAT")
         .map(|f| f.eq_ignore_ascii_case("json"))
         .unwrap_or(false);

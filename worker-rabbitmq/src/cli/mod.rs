@@ -205,8 +205,10 @@ async fn dispatch(
         Command::Publish(args) => publish::run(&setup, args, console).await,
         Command::Dlq(command) => dlq::run(&setup, command, console).await,
         Command::Outbox(args::OutboxCommand::Relay) => {
-            let _telemetry =
-                worker_core::transport::telemetry::logging::init(&setup.config.consumer);
+            let _telemetry = worker_core::transport::telemetry::logging::init_with_default(
+                &setup.config.consumer,
+                crate::spans::DEFAULT_LOG_FILTER,
+            );
             crate::relay::Relay::run(setup.settings()).await?;
             Ok(0)
         }
