@@ -10,7 +10,7 @@ use worker_tests::{eventually, Outcomes, TestEnv};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_acks_only_what_finished_and_gives_back_the_rest() {
     let mut env = TestEnv::new().await;
-    env.config.shutdown_timeout = Duration::from_secs(1);
+    env.config.shutdown_timeout = Duration::from_secs(5);
     let outcomes = Outcomes::default();
     let start = || {
         worker_rabbitmq::Worker::builder()
@@ -24,7 +24,7 @@ async fn shutdown_acks_only_what_finished_and_gives_back_the_rest() {
     env.publish_json("Scripted", "evt_quick", json!({})).await;
     env.publish_json("Scripted", "evt_medium", json!({ "sleepMs": 400 }))
         .await;
-    // Far longer than the deadline (1 s) plus the time the test may take to see all three in
+    // Far longer than the deadline (5 s) plus the time the test may take to see all three in
     // flight on a loaded machine: only then does "not finished" hold whatever the scheduling.
     env.publish_json("Scripted", "evt_slow", json!({ "sleepMs": 15000 }))
         .await;
