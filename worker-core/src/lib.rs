@@ -36,6 +36,7 @@
 //! for one broker, see [`transport`]) carries the disposition out and acks only once the outcome
 //! is durable.
 
+mod breaker;
 mod clock;
 mod config;
 mod context;
@@ -64,6 +65,7 @@ mod envelope_fuzz;
 // What an application uses (the transport crate re-exports all of it, so an application depends on
 // one crate and writes one `use` line). The rest of the crate is for transports, behind
 // [`transport`].
+pub use breaker::BreakerSettings;
 pub use config::{ConfigError, HandlerOverrides, RetryOverrides, WorkerConfig};
 pub use context::{Context, ContextBuilder};
 pub use dead_letter::record::DeadLetterRecord;

@@ -219,6 +219,12 @@ pub(crate) fn debug_check_process_span(span: &tracing::Span) {
     }
 }
 
+/// Each handler's circuit breaker: the transport asks it before the pipeline runs and tells it
+/// each outcome.
+pub mod breaker {
+    pub use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
+}
+
 /// Reading settings: the environment snapshot, the value parsers and URL redaction.
 pub mod config {
     pub use crate::config::{

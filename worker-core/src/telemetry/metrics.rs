@@ -10,7 +10,12 @@
 //! | `worker_queue_messages` | gauge | handler, queue | ready messages in the `work` queue, the `retry` delay queues, the `dlq` (polled) |
 //! | `worker_message_age_seconds` | histogram | handler | now − the message's `timestamp` property when processing starts |
 //! | `worker_batch_size` | histogram | handler | deliveries per committed dedup transaction: 1 without a backlog, up to `WORKER_BATCH_SIZE` with one |
+//! | `worker_lag_seconds` | gauge | handler | age of the oldest delivery the handler has taken and not settled (waiting for a slot, held by the breaker or a database outage, or in the handler); 0 when none; grows while the consumer stalls |
+//! | `worker_breaker_state` | gauge | handler | the handler's circuit breaker: 0 closed, 1 open (not taking deliveries), 2 half-open (one probe delivery running) |
+//! | `worker_ready` | gauge | | 1 when `/readyz` would answer ready (broker, database, every consumer), else 0; evaluated at each scrape |
+//! | `worker_outbox_pending_events` | gauge | | outbox rows not yet published (polled by the relay) |
 
+use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -74,6 +79,10 @@ pub struct Metrics {
     queue_depth: Family<QueueLabels, Gauge>,
     message_age: HistogramFamily,
     batch_size: HistogramFamily,
+    lag: Family<HandlerLabels, Gauge<f64, AtomicU64>>,
+    breaker: Family<HandlerLabels, Gauge>,
+    ready: Gauge,
+    outbox_pending: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -148,6 +157,31 @@ impl Metrics {
             "Deliveries per committed dedup transaction",
             batch_size.clone(),
         );
+        let lag = Family::<HandlerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "lag",
+            "Age of the oldest delivery a handler has taken and not settled (0 when none)",
+            Unit::Seconds,
+            lag.clone(),
+        );
+        let breaker = Family::<HandlerLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per handler: 0 closed, 1 open, 2 half-open (probing)",
+            breaker.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the worker is ready (broker, database, every consumer), else 0",
+            ready.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "outbox_pending_events",
+            "Outbox rows not yet published",
+            outbox_pending.clone(),
+        );
         Self {
             registry,
             messages,
@@ -157,7 +191,34 @@ impl Metrics {
             queue_depth,
             message_age,
             batch_size,
+            lag,
+            breaker,
+            ready,
+            outbox_pending,
         }
+    }
+
+    /// Records a handler's lag: the age of its oldest delivery taken and not settled.
+    pub fn set_lag_seconds(&self, handler_name: &str, seconds: f64) {
+        self.lag.get_or_create(&handler(handler_name)).set(seconds);
+    }
+
+    /// Records a handler's circuit breaker state.
+    pub fn set_breaker_state(&self, handler_name: &str, state: crate::breaker::BreakerState) {
+        self.breaker
+            .get_or_create(&handler(handler_name))
+            .set(state.gauge_value());
+    }
+
+    /// Records whether the worker is ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Records how many outbox rows wait to be published.
+    pub fn set_outbox_pending(&self, rows: u64) {
+        self.outbox_pending
+            .set(i64::try_from(rows).unwrap_or(i64::MAX));
     }
 
     /// Records a polled queue depth.
