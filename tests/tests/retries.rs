@@ -146,7 +146,7 @@ async fn retry_policy_can_be_overridden_per_handler_by_configuration() {
                 max_attempts: Some(5),
                 ..Default::default()
             },
-            concurrency: None,
+            ..Default::default()
         },
     );
     let worker = worker_rabbitmq::Worker::builder()

@@ -1,9 +1,11 @@
 //! The circuit breaker of one handler: when a downstream dependency is down, stop taking
 //! deliveries instead of spending their attempts.
 //!
-//! Closed, it counts retryable failures in a row; a success resets the count, and poison
-//! failures, duplicates and deliveries held through a database outage are not counted (they say
-//! nothing about the handler's dependencies). At [`BreakerSettings::failures`] in a row it opens:
+//! Closed, it counts the different events that failed with a retryable error in a row; a success
+//! resets the count, and poison failures, duplicates and deliveries held through a database
+//! outage are not counted (they say nothing about the handler's dependencies). Counting events,
+//! not attempts, keeps one event that fails on its own (retried again and again while nothing
+//! else arrives) from opening it. At [`BreakerSettings::failures`] events in a row it opens:
 //! deliveries wait at [`Breaker::admit`] without running the handler and without spending an
 //! attempt. After [`BreakerSettings::probe`] one delivery is let through as a probe (half-open):
 //! a success closes the breaker and lets every waiting delivery through; a retryable failure opens
@@ -14,6 +16,7 @@
 //! outcome; the state goes to the metrics (`worker_breaker_state`), `/readyz`'s detail and the
 //! log (`docs/decisions.md`, "A circuit breaker per handler").
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,7 +25,8 @@ use tokio::sync::Notify;
 /// When a handler's breaker opens and how it probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
-    /// Retryable failures in a row that open the breaker; `0` turns it off.
+    /// Different events failing with a retryable error in a row (no success in between) that
+    /// open the breaker; `0` turns it off.
     pub failures: u32,
     /// How long the breaker stays open before the first probe.
     pub probe: Duration,
@@ -31,12 +35,11 @@ pub struct BreakerSettings {
 }
 
 impl BreakerSettings {
-    /// The defaults: opens after 10 retryable failures in a row, probes after 2 s, then 4 s, 8 s
-    /// ... up to 60 s.
+    /// The defaults: opens after 10 different events failed in a row, probes after 2 s, then
+    /// 4 s, 8 s ... up to 60 s.
     ///
-    /// Ten in a row is more than one event can fail on its own between successes of others, so a
-    /// single bad event never opens it; a full outage opens it within the first few
-    /// deliveries. A first probe after 2 s and at most a minute between probes means a
+    /// Ten events and no success in between is not a bad event or two but a dependency that
+    /// answers nobody; a full outage opens it within the first few deliveries. A first probe after 2 s and at most a minute between probes means a
     /// recovered dependency is used again within a minute, at one delivery per probe.
     pub const DEFAULT: BreakerSettings = BreakerSettings {
         failures: 10,
@@ -115,7 +118,8 @@ pub enum Verdict {
 
 #[derive(Debug)]
 enum Phase {
-    Closed { in_a_row: u32 },
+    /// The events that failed since the last success (at most `failures` of them).
+    Closed { failed: HashSet<String> },
     Open { until: Instant, wait: Duration },
     Probing { wait: Duration },
 }
@@ -150,10 +154,17 @@ impl Breaker {
         Self {
             handler,
             settings,
-            phase: Mutex::new(Phase::Closed { in_a_row: 0 }),
+            phase: Mutex::new(Phase::Closed {
+                failed: HashSet::new(),
+            }),
             changed: Notify::new(),
             on_change: Box::new(on_change),
         }
+    }
+
+    /// The handler it guards.
+    pub fn handler(&self) -> &'static str {
+        self.handler
     }
 
     /// The settings it runs with.
@@ -205,20 +216,22 @@ impl Breaker {
         }
     }
 
-    /// Reports the outcome of a delivery let through as `admission`.
-    pub fn record(&self, admission: Admission, verdict: Verdict) {
+    /// Reports the outcome of a delivery of `event_id` let through as `admission`.
+    pub fn record(&self, admission: Admission, verdict: Verdict, event_id: &str) {
         if !self.settings.enabled() {
             return;
         }
         let mut phase = self.phase.lock().expect("breaker lock");
         let entered = match (&mut *phase, admission, verdict) {
-            (Phase::Closed { in_a_row }, _, Verdict::Success) => {
-                *in_a_row = 0;
+            (Phase::Closed { failed }, _, Verdict::Success) => {
+                failed.clear();
                 None
             }
-            (Phase::Closed { in_a_row }, _, Verdict::Failure) => {
-                *in_a_row += 1;
-                (*in_a_row >= self.settings.failures).then(|| {
+            (Phase::Closed { failed }, _, Verdict::Failure) => {
+                if !failed.contains(event_id) {
+                    failed.insert(event_id.to_owned());
+                }
+                (failed.len() >= self.settings.failures as usize).then(|| {
                     let wait = self.settings.probe.min(self.settings.max_probe);
                     *phase = Phase::Open {
                         until: Instant::now() + wait,
@@ -230,7 +243,9 @@ impl Breaker {
             (Phase::Closed { .. }, _, Verdict::Neutral) => None,
             // Any success says the dependency answers again.
             (_, _, Verdict::Success) => {
-                *phase = Phase::Closed { in_a_row: 0 };
+                *phase = Phase::Closed {
+                    failed: HashSet::new(),
+                };
                 Some((BreakerState::Closed, None))
             }
             (Phase::Probing { wait }, Admission::Probe, Verdict::Failure) => {
@@ -266,9 +281,9 @@ impl Breaker {
         match (state, wait) {
             (BreakerState::Open, Some(wait)) => tracing::warn!(
                 handler,
-                failures_in_a_row = self.settings.failures,
+                events_failed_in_a_row = self.settings.failures,
                 probe_in = ?wait,
-                "circuit breaker open: retryable failures in a row; deliveries wait without spending attempts until a probe succeeds"
+                "circuit breaker open: different events failed in a row; deliveries wait without spending attempts until a probe succeeds"
             ),
             (BreakerState::Open, None) => {}
             (BreakerState::HalfOpen, _) => {
@@ -302,14 +317,26 @@ mod tests {
     #[tokio::test]
     async fn opens_after_failures_in_a_row_and_a_success_resets_the_count() {
         let b = breaker(3, 50);
-        b.record(Admission::Normal, Verdict::Failure);
-        b.record(Admission::Normal, Verdict::Failure);
-        b.record(Admission::Normal, Verdict::Success);
-        b.record(Admission::Normal, Verdict::Failure);
-        b.record(Admission::Normal, Verdict::Neutral); // poison: not counted, no reset
-        b.record(Admission::Normal, Verdict::Failure);
+        b.record(Admission::Normal, Verdict::Failure, "e1");
+        b.record(Admission::Normal, Verdict::Failure, "e2");
+        b.record(Admission::Normal, Verdict::Success, "e3");
+        b.record(Admission::Normal, Verdict::Failure, "e4");
+        b.record(Admission::Normal, Verdict::Neutral, "e5"); // poison: not counted, no reset
+        b.record(Admission::Normal, Verdict::Failure, "e6");
         assert_eq!(b.state(), BreakerState::Closed);
-        b.record(Admission::Normal, Verdict::Failure);
+        b.record(Admission::Normal, Verdict::Failure, "e7");
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn one_event_failing_again_and_again_never_opens_it() {
+        let b = breaker(3, 50);
+        for _ in 0..20 {
+            b.record(Admission::Normal, Verdict::Failure, "the-same-event");
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.record(Admission::Normal, Verdict::Failure, "another");
+        b.record(Admission::Normal, Verdict::Failure, "a-third");
         assert_eq!(b.state(), BreakerState::Open);
     }
 
@@ -317,7 +344,7 @@ mod tests {
     async fn poison_never_opens_it() {
         let b = breaker(2, 50);
         for _ in 0..10 {
-            b.record(Admission::Normal, Verdict::Neutral);
+            b.record(Admission::Normal, Verdict::Neutral, "e8");
         }
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.admit().await, Admission::Normal);
@@ -326,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn one_probe_at_a_time_and_its_success_lets_everyone_through() {
         let b = breaker(1, 30);
-        b.record(Admission::Normal, Verdict::Failure);
+        b.record(Admission::Normal, Verdict::Failure, "e9");
         let started = Instant::now();
         assert_eq!(b.admit().await, Admission::Probe);
         assert!(started.elapsed() >= Duration::from_millis(25));
@@ -337,7 +364,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(!waiting.is_finished(), "a second delivery waits for the probe");
-        b.record(Admission::Probe, Verdict::Success);
+        b.record(Admission::Probe, Verdict::Success, "e10");
         assert_eq!(waiting.await.unwrap(), Admission::Normal);
         assert_eq!(b.state(), BreakerState::Closed);
     }
@@ -345,21 +372,21 @@ mod tests {
     #[tokio::test]
     async fn a_failed_probe_doubles_the_wait_up_to_the_maximum() {
         let b = breaker(1, 40);
-        b.record(Admission::Normal, Verdict::Failure);
+        b.record(Admission::Normal, Verdict::Failure, "e11");
         assert_eq!(b.admit().await, Admission::Probe);
-        b.record(Admission::Probe, Verdict::Failure);
+        b.record(Admission::Probe, Verdict::Failure, "e12");
         assert_eq!(b.state(), BreakerState::Open);
         let started = Instant::now();
         assert_eq!(b.admit().await, Admission::Probe);
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(75), "{waited:?}");
-        b.record(Admission::Probe, Verdict::Failure); // 160 ms, the maximum
-        b.record(Admission::Normal, Verdict::Failure); // a late failure: no change
+        b.record(Admission::Probe, Verdict::Failure, "e13"); // 160 ms, the maximum
+        b.record(Admission::Normal, Verdict::Failure, "e14"); // a late failure: no change
         assert_eq!(b.state(), BreakerState::Open);
         let started = Instant::now();
         assert_eq!(b.admit().await, Admission::Probe);
         assert!(started.elapsed() >= Duration::from_millis(150));
-        b.record(Admission::Probe, Verdict::Failure);
+        b.record(Admission::Probe, Verdict::Failure, "e15");
         let started = Instant::now();
         assert_eq!(b.admit().await, Admission::Probe);
         let waited = started.elapsed();
@@ -372,8 +399,8 @@ mod tests {
     #[tokio::test]
     async fn off_never_opens() {
         let b = breaker(0, 10);
-        for _ in 0..100 {
-            b.record(Admission::Normal, Verdict::Failure);
+        for i in 0..100 {
+            b.record(Admission::Normal, Verdict::Failure, &format!("e{i}"));
         }
         assert_eq!(b.state(), BreakerState::Closed);
     }
@@ -381,9 +408,9 @@ mod tests {
     #[tokio::test]
     async fn an_inconclusive_probe_lets_the_next_delivery_probe() {
         let b = breaker(1, 20);
-        b.record(Admission::Normal, Verdict::Failure);
+        b.record(Admission::Normal, Verdict::Failure, "e17");
         assert_eq!(b.admit().await, Admission::Probe);
-        b.record(Admission::Probe, Verdict::Neutral);
+        b.record(Admission::Probe, Verdict::Neutral, "e18");
         let started = Instant::now();
         assert_eq!(b.admit().await, Admission::Probe);
         assert!(started.elapsed() < Duration::from_millis(15));

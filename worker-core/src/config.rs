@@ -20,7 +20,9 @@
 //! | `WORKER_BATCH_LINGER` | `0ms` | how long a batch waits for more deliveries after its first; `0ms` never waits, so batches form only from a backlog |
 //! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
-//! | `WORKER_HANDLER_<NAME>_RETRY_ATTEMPTS` (`_BASE`, `_CAP`, `_JITTER`), `WORKER_HANDLER_<NAME>_CONCURRENCY` | | override one handler (`<NAME>`: the handler name upper-cased, `-` → `_`) |
+//! | `WORKER_BREAKER_FAILURES` | `10` (`#[handler(breaker = N)]`) | retryable failures in a row that open a handler's circuit breaker; `0` turns it off |
+//! | `WORKER_BREAKER_PROBE`, `WORKER_BREAKER_MAX_PROBE` | `2s`, `60s` | how long an open breaker waits before its first probe delivery, and at most between probes (the wait doubles after each failed probe) |
+//! | `WORKER_HANDLER_<NAME>_RETRY_ATTEMPTS` (`_BASE`, `_CAP`, `_JITTER`), `WORKER_HANDLER_<NAME>_CONCURRENCY`, `WORKER_HANDLER_<NAME>_BREAKER_FAILURES` (`_PROBE`, `_MAX_PROBE`) | | override one handler (`<NAME>`: the handler name upper-cased, `-` → `_`) |
 //!
 //! Durations are a whole number and a unit, `ms`, `s`, `m`, `h` or `d` (`250ms`, `2s`, `5m`,
 //! `1h`, `7d`), or several such terms from the largest unit down (`1h30m`); no fractions, no
@@ -112,6 +114,48 @@ impl RetryOverrides {
     }
 }
 
+/// Overrides of a circuit breaker; `None` keeps what the handler declares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BreakerOverrides {
+    /// Retryable failures in a row that open it (`0`: off).
+    pub failures: Option<u32>,
+    /// The wait before the first probe.
+    pub probe: Option<Duration>,
+    /// The longest wait between probes.
+    pub max_probe: Option<Duration>,
+}
+
+impl BreakerOverrides {
+    fn apply(&self, spec: &mut HandlerSpec) {
+        let breaker = &mut spec.breaker;
+        breaker.failures = self.failures.unwrap_or(breaker.failures);
+        breaker.probe = self.probe.unwrap_or(breaker.probe);
+        breaker.max_probe = self.max_probe.unwrap_or(breaker.max_probe);
+    }
+
+    fn from_vars(vars: &Variables, prefix: &str) -> Result<Self, ConfigError> {
+        let count = |value: &str| {
+            value
+                .parse::<u32>()
+                .map_err(|_| "expected a whole number (0 turns the breaker off)".to_owned())
+        };
+        Ok(Self {
+            failures: vars.parse(&format!("{prefix}BREAKER_FAILURES"), count)?,
+            probe: vars.parse(&format!("{prefix}BREAKER_PROBE"), parse_duration)?,
+            max_probe: vars.parse(&format!("{prefix}BREAKER_MAX_PROBE"), parse_duration)?,
+        })
+    }
+
+    /// These overrides, with `self`'s values winning where both are set.
+    fn or(self, other: Self) -> Self {
+        Self {
+            failures: self.failures.or(other.failures),
+            probe: self.probe.or(other.probe),
+            max_probe: self.max_probe.or(other.max_probe),
+        }
+    }
+}
+
 /// Overrides for one handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandlerOverrides {
@@ -119,6 +163,8 @@ pub struct HandlerOverrides {
     pub retry: RetryOverrides,
     /// Its in-flight limit.
     pub concurrency: Option<usize>,
+    /// Its circuit breaker.
+    pub breaker: BreakerOverrides,
 }
 
 /// Everything a worker is configured with that does not depend on the transport.
@@ -154,6 +200,8 @@ pub struct WorkerConfig {
     pub batch_linger: Duration,
     /// Overrides for every handler.
     pub retry: RetryOverrides,
+    /// Overrides of every handler's circuit breaker.
+    pub breaker: BreakerOverrides,
     /// Overrides per handler name, set in code or tests (applied after `retry`).
     pub handlers: HashMap<String, HandlerOverrides>,
     /// Overrides from `WORKER_HANDLER_<NAME>_*` variables, keyed by `<NAME>` (see
@@ -182,6 +230,7 @@ impl Default for WorkerConfig {
             batch_size: None,
             batch_linger: Duration::ZERO,
             retry: RetryOverrides::default(),
+            breaker: BreakerOverrides::default(),
             handlers: HashMap::new(),
             handler_vars: HashMap::new(),
         }
@@ -256,6 +305,7 @@ impl WorkerConfig {
                 .parse("WORKER_BATCH_LINGER", parse_duration)?
                 .unwrap_or(defaults.batch_linger),
             retry: RetryOverrides::from_vars(vars, "WORKER_")?,
+            breaker: BreakerOverrides::from_vars(vars, "WORKER_")?,
             handlers: HashMap::new(),
             handler_vars: handler_vars(vars)?,
         })
@@ -265,6 +315,7 @@ impl WorkerConfig {
     pub fn resolve(&self, declared: &HandlerSpec) -> Result<HandlerSpec, ConfigError> {
         let mut spec = declared.clone();
         self.retry.apply(&mut spec);
+        self.breaker.apply(&mut spec);
         let code = self.handlers.get(spec.name).copied().unwrap_or_default();
         let vars = self
             .handler_vars
@@ -274,8 +325,10 @@ impl WorkerConfig {
         let overrides = HandlerOverrides {
             retry: vars.retry.or(code.retry),
             concurrency: vars.concurrency.or(code.concurrency),
+            breaker: vars.breaker.or(code.breaker),
         };
         overrides.retry.apply(&mut spec);
+        overrides.breaker.apply(&mut spec);
         spec.concurrency = overrides.concurrency.unwrap_or(spec.concurrency);
         let invalid = |reason: &str| ConfigError::Invalid {
             var: format!("retry policy of `{}`", spec.name),
@@ -290,6 +343,16 @@ impl WorkerConfig {
         }
         if spec.concurrency == 0 {
             return Err(invalid("concurrency must be at least 1"));
+        }
+        if spec.breaker.enabled()
+            && (spec.breaker.probe.is_zero() || spec.breaker.max_probe < spec.breaker.probe)
+        {
+            return Err(ConfigError::Invalid {
+                var: format!("circuit breaker of `{}`", spec.name),
+                value: format!("{:?}", spec.breaker),
+                reason: "the probe wait must be positive and the longest probe wait at least the first"
+                    .into(),
+            });
         }
         Ok(spec)
     }
@@ -379,12 +442,15 @@ impl Variables {
 }
 
 /// The settings a `WORKER_HANDLER_<NAME>_` variable can end with.
-const HANDLER_SETTINGS: [&str; 5] = [
+const HANDLER_SETTINGS: [&str; 8] = [
     "RETRY_ATTEMPTS",
     "RETRY_BASE",
     "RETRY_CAP",
     "RETRY_JITTER",
     "CONCURRENCY",
+    "BREAKER_MAX_PROBE",
+    "BREAKER_PROBE",
+    "BREAKER_FAILURES",
 ];
 
 /// Every `WORKER_HANDLER_<NAME>_<SETTING>` variable, parsed, keyed by `<NAME>`.
@@ -415,6 +481,7 @@ fn handler_vars(vars: &Variables) -> Result<HashMap<String, HandlerOverrides>, C
             let overrides = HandlerOverrides {
                 retry: RetryOverrides::from_vars(vars, &prefix)?,
                 concurrency: vars.parse(&format!("{prefix}CONCURRENCY"), parse_positive)?,
+                breaker: BreakerOverrides::from_vars(vars, &prefix)?,
             };
             Ok((name.to_owned(), overrides))
         })
@@ -622,6 +689,7 @@ mod tests {
                     ..Default::default()
                 },
                 concurrency: Some(2),
+                ..Default::default()
             },
         );
         let spec = config.resolve(&HandlerSpec::new("h", "E")).unwrap();
@@ -633,6 +701,42 @@ mod tests {
             handler_env_name("charge-on-order-placed"),
             "CHARGE_ON_ORDER_PLACED"
         );
+    }
+
+    #[test]
+    fn breaker_settings_from_the_attribute_the_environment_and_one_handler() {
+        let vars = Variables::new([
+            ("WORKER_BREAKER_FAILURES", "4"),
+            ("WORKER_BREAKER_PROBE", "500ms"),
+            ("WORKER_HANDLER_SEND_RECEIPT_BREAKER_FAILURES", "0"),
+            ("WORKER_HANDLER_CHARGE_BREAKER_MAX_PROBE", "5m"),
+        ]);
+        let config = WorkerConfig::from_vars(&vars).expect("valid variables");
+        let charge = config.resolve(&HandlerSpec::new("charge", "E")).unwrap();
+        assert_eq!(
+            charge.breaker,
+            crate::BreakerSettings {
+                failures: 4,
+                probe: Duration::from_millis(500),
+                max_probe: Duration::from_secs(300),
+            }
+        );
+        let receipt = config
+            .resolve(&HandlerSpec::new("send-receipt", "E"))
+            .unwrap();
+        assert!(!receipt.breaker.enabled());
+        let declared = HandlerSpec::new("other", "E");
+        assert_eq!(
+            WorkerConfig::default().resolve(&declared).unwrap().breaker,
+            crate::BreakerSettings::DEFAULT
+        );
+        let bad = Variables::new([("WORKER_BREAKER_FAILURES", "many")]);
+        let message = WorkerConfig::from_vars(&bad).unwrap_err().to_string();
+        assert!(message.contains("WORKER_BREAKER_FAILURES"), "{message}");
+        let bad = Variables::new([("WORKER_BREAKER_MAX_PROBE", "1s")]);
+        let config = WorkerConfig::from_vars(&bad).unwrap();
+        let message = config.resolve(&declared).unwrap_err().to_string();
+        assert!(message.contains("circuit breaker of `other`"), "{message}");
     }
 
     #[test]
@@ -655,6 +759,7 @@ mod tests {
                     ..Default::default()
                 },
                 concurrency: Some(1),
+                ..Default::default()
             },
         );
         let spec = config

@@ -88,7 +88,9 @@ pub use worker_macros::handler;
 pub mod __private {
     pub use crate::handler::{assert_event, extract_state, BoxFuture, DEFAULT_CONCURRENCY};
     pub use crate::state::StateValue;
-    pub use crate::{Context, Handler, HandlerError, HandlerSpec, Partitioning, RetryPolicy};
+    pub use crate::{
+        BreakerSettings, Context, Handler, HandlerError, HandlerSpec, Partitioning, RetryPolicy,
+    };
     pub use crate::{State, StateType};
     pub use serde::de::DeserializeOwned;
     pub use sqlx::PgConnection;

@@ -21,11 +21,12 @@ mod kw {
     syn::custom_keyword!(jitter);
     syn::custom_keyword!(partition_key);
     syn::custom_keyword!(partitions);
+    syn::custom_keyword!(breaker);
 }
 
 /// The keys `#[handler]` understands, in the order the docs list them.
 const KEYS: &str =
-    "event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions";
+    "event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker";
 
 /// Most partitions a handler may declare (worker-core's `partition::MAX_PARTITIONS`).
 const MAX_PARTITIONS: u32 = 256;
@@ -58,6 +59,8 @@ pub(crate) struct Args {
     pub(crate) partition_key: Option<Setting<String>>,
     /// How many partition queues, with its literal to point at it.
     pub(crate) partitions: Option<Setting<u32>>,
+    /// `breaker = off` (`Some(0)`) or `breaker = N`: retryable failures in a row that open it.
+    pub(crate) breaker: Option<u32>,
     /// The keys written so far, valid or not.
     seen: Vec<&'static str>,
     /// What is wrong with the arguments, beyond syntax.
@@ -190,6 +193,24 @@ impl Args {
             self.set(key, "partitions", partitions, |args, v| {
                 args.partitions = Some(v)
             });
+        } else if input.peek(kw::breaker) {
+            let (key, value) = key_value::<kw::breaker>(input, "breaker = 10")?;
+            let breaker = match &value {
+                Expr::Path(path) if path.path.is_ident("off") => Ok(0),
+                Expr::Lit(ExprLit {
+                    lit: Lit::Int(_), ..
+                })
+                | Expr::Unary(_) => positive(
+                    &value,
+                    "breaker",
+                    "`breaker` counts retryable failures in a row, so it is at least 1; write `breaker = off` to turn it off",
+                ),
+                _ => Err(syn::Error::new_spanned(
+                    &value,
+                    "`breaker` takes `off` or the retryable failures in a row that open it, e.g. `breaker = 10`",
+                )),
+            };
+            self.set(key, "breaker", breaker, |args, v| args.breaker = Some(v));
         } else {
             let key = input.call(Ident::parse_any)?;
             if input.peek(Token![=]) {

@@ -333,6 +333,14 @@ fn spec(args: &Args, name: &str) -> TokenStream {
         }
         _ => TokenStream::new(),
     };
+    let breaker = match args.breaker {
+        None => quote!(#private::BreakerSettings::DEFAULT),
+        Some(0) => quote!(#private::BreakerSettings::OFF),
+        Some(failures) => quote!(#private::BreakerSettings {
+            failures: #failures,
+            ..#private::BreakerSettings::DEFAULT
+        }),
+    };
     quote! {
         #bounds
         #private::HandlerSpec {
@@ -342,6 +350,7 @@ fn spec(args: &Args, name: &str) -> TokenStream {
             retry: #retry,
             concurrency: #concurrency,
             partition: #partition,
+            breaker: #breaker,
         }
     }
 }

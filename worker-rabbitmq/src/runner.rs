@@ -16,6 +16,7 @@ use lapin::message::Delivery;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use worker_core::transport::breaker::{Admission, Breaker, Verdict as BreakerVerdict};
 use worker_core::transport::pipeline::Disposition;
 use worker_core::transport::pipeline::Runtime;
 use worker_core::transport::registry::ErasedHandler;
@@ -32,6 +33,11 @@ use crate::topology::QueueNames;
 /// Backoff while the database is unavailable.
 const FIRST_DATABASE_PAUSE: Duration = Duration::from_millis(500);
 const MAX_DATABASE_PAUSE: Duration = Duration::from_secs(10);
+
+/// The event id of a delivery, as the circuit breaker tells events apart.
+fn event_id(message: &InboundMessage) -> &str {
+    message.properties.message_id.as_deref().unwrap_or("")
+}
 
 /// Signals shared by the consumers of one worker.
 #[derive(Clone)]
@@ -76,6 +82,8 @@ pub(crate) struct Runner {
     pub(crate) queue: String,
     /// One permit per delivery in flight (see [`Runner::slot`]).
     pub(crate) slots: Arc<Semaphore>,
+    /// The handler's circuit breaker, shared by its consumers (see [`Runner::admit`]).
+    pub(crate) breaker: Arc<Breaker>,
 }
 
 impl Runner {
@@ -118,24 +126,94 @@ impl Runner {
         self.stop.slot(&self.slots).await
     }
 
-    /// The pipeline's verdict on one delivery, held through a database outage (see
-    /// [`Runner::hold`]).
+    /// Waits until the handler's circuit breaker lets a delivery through: `None` when asked to
+    /// stop first (the delivery then goes back unprocessed, without spending an attempt).
+    async fn admit(&self) -> Option<Admission> {
+        tokio::select! {
+            biased;
+            admission = self.breaker.admit() => Some(admission),
+            _ = self.stop.consuming.cancelled() => None,
+        }
+    }
+
+    /// What a disposition tells the circuit breaker about the handler's dependencies: only a
+    /// retryable failure counts against them; poison, duplicates and held deliveries say nothing.
+    fn breaker_verdict(disposition: &Disposition) -> BreakerVerdict {
+        match disposition {
+            Disposition::Processed => BreakerVerdict::Success,
+            Disposition::Retry { .. } => BreakerVerdict::Failure,
+            Disposition::DeadLetter { .. }
+                if disposition.error_kind() == Some(ErrorKind::Retryable) =>
+            {
+                BreakerVerdict::Failure
+            }
+            _ => BreakerVerdict::Neutral,
+        }
+    }
+
+    /// The delivery given back because the worker stops while the breaker holds it.
+    fn stopped_at_the_breaker() -> Disposition {
+        Disposition::GiveBack {
+            reason: "shutdown while the circuit breaker held the delivery".into(),
+        }
+    }
+
+    /// The pipeline's verdict on one delivery, once the circuit breaker lets it through, held
+    /// through a database outage (see [`Runner::hold`]).
     pub(crate) async fn verdict(&self, message: &InboundMessage) -> Disposition {
+        let Some(admission) = self.admit().await else {
+            return Self::stopped_at_the_breaker();
+        };
         let process = || self.handler.process(&self.spec, &self.runtime, message);
-        self.hold(
-            |_| process(),
-            |disposition: &Disposition| match disposition {
-                Disposition::GiveBack { reason } => Some((reason.as_str(), 1)),
-                _ => None,
-            },
-        )
-        .await
+        let disposition = self
+            .hold(
+                |_| process(),
+                |disposition: &Disposition| match disposition {
+                    Disposition::GiveBack { reason } => Some((reason.as_str(), 1)),
+                    _ => None,
+                },
+            )
+            .await;
+        self.breaker.record(
+            admission,
+            Self::breaker_verdict(&disposition),
+            event_id(message),
+        );
+        disposition
+    }
+
+    /// The pipeline's verdicts on a batch, in order, once the circuit breaker lets them through:
+    /// all at once while it is closed; while it is open, the first as the probe and the rest
+    /// after it (so a failed probe spends one attempt, not a batch's).
+    pub(crate) async fn verdicts(&self, messages: &[InboundMessage]) -> Vec<Disposition> {
+        let mut dispositions = Vec::with_capacity(messages.len());
+        while dispositions.len() < messages.len() {
+            let rest = &messages[dispositions.len()..];
+            let Some(admission) = self.admit().await else {
+                dispositions.extend(rest.iter().map(|_| Self::stopped_at_the_breaker()));
+                break;
+            };
+            let part = match admission {
+                Admission::Normal => rest,
+                Admission::Probe => &rest[..1],
+            };
+            let verdicts = self.batch_verdicts(part).await;
+            for (disposition, message) in verdicts.iter().zip(part) {
+                self.breaker.record(
+                    admission,
+                    Self::breaker_verdict(disposition),
+                    event_id(message),
+                );
+            }
+            dispositions.extend(verdicts);
+        }
+        dispositions
     }
 
     /// The pipeline's verdicts on a batch (one transaction for a dedup handler), in order. The
     /// deliveries held through a database outage are tried again on their own (see
     /// [`Runner::hold`]).
-    pub(crate) async fn verdicts(&self, messages: &[InboundMessage]) -> Vec<Disposition> {
+    async fn batch_verdicts(&self, messages: &[InboundMessage]) -> Vec<Disposition> {
         let (handler, spec, runtime) = (&self.handler, &self.spec, &self.runtime);
         self.hold(
             |previous: Option<Vec<Disposition>>| async move {

@@ -14,6 +14,7 @@ use lapin::{Channel, Connection};
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+use worker_core::transport::breaker::Breaker;
 use worker_core::transport::pipeline::Runtime;
 use worker_core::transport::registry::ErasedHandler;
 use worker_core::transport::telemetry::Health;
@@ -38,11 +39,21 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 pub(crate) struct Blueprint {
     pub(crate) config: WorkerConfig,
     pub(crate) broker: BrokerSettings,
-    pub(crate) handlers: Vec<(Arc<dyn ErasedHandler>, HandlerSpec, QueueNames)>,
+    pub(crate) handlers: Vec<Served>,
     pub(crate) runtime: Runtime,
     pub(crate) stop: Stop,
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<Metrics>,
+}
+
+/// One handler as the worker serves it: the handler, its effective spec, its queues, and its
+/// circuit breaker (one per handler for the worker's life, shared by its consumers and kept across
+/// reconnections).
+pub(crate) struct Served {
+    pub(crate) handler: Arc<dyn ErasedHandler>,
+    pub(crate) spec: HandlerSpec,
+    pub(crate) names: QueueNames,
+    pub(crate) breaker: Arc<Breaker>,
 }
 
 /// A connection, its consumers and its lag poller.
@@ -68,8 +79,8 @@ impl Blueprint {
             .await
             .map_err(WorkerError::broker("open a channel"))?;
         topology::declare_exchange(&setup, &self.broker).await?;
-        for (_, spec, _) in &self.handlers {
-            topology::declare_handler(&setup, &self.broker, spec).await?;
+        for served in &self.handlers {
+            topology::declare_handler(&setup, &self.broker, &served.spec).await?;
         }
         let _ = setup.close(200, "topology declared".into()).await;
         // Watched from here: a declaration the broker refuses with a connection error (a missing
@@ -85,7 +96,7 @@ impl Blueprint {
         let mut consumers = JoinSet::new();
         let mut watched = Vec::with_capacity(self.handlers.len());
         for handler in &self.handlers {
-            let (_, spec, names) = handler;
+            let (spec, names) = (&handler.spec, &handler.names);
             watched.push(Watched {
                 handler: spec.name,
                 names: names.clone(),
@@ -117,10 +128,16 @@ impl Blueprint {
         &self,
         connection: &Connection,
         publisher: &Arc<Publisher>,
-        (handler, spec, names): &(Arc<dyn ErasedHandler>, HandlerSpec, QueueNames),
+        served: &Served,
         source: Source,
         consumers: &mut JoinSet<(Channel, Result<(), WorkerError>)>,
     ) -> Result<(), WorkerError> {
+        let Served {
+            handler,
+            spec,
+            names,
+            breaker,
+        } = served;
         let plan = Plan::new(source, &self.config, spec, names);
         let channel = connection
             .create_channel()
@@ -139,6 +156,7 @@ impl Blueprint {
             stop: self.stop.clone(),
             queue: plan.queue.clone(),
             slots: Arc::new(Semaphore::new(plan.slots)),
+            breaker: Arc::clone(breaker),
         });
         consumers.spawn(async move {
             let result = consume::consume(runner, channel.clone(), plan).await;

@@ -7,6 +7,7 @@ use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use worker_core::transport::breaker::Breaker;
 use worker_core::transport::config::redact_url;
 use worker_core::transport::dedup::DedupStore;
 use worker_core::transport::observer::Observers;
@@ -20,7 +21,7 @@ use worker_core::{Handler, HandlerSpec, Observer, WorkerConfig};
 use crate::consume::{Plan, Source};
 use crate::error::WorkerError;
 use crate::runner::Stop;
-use crate::session::{self, Blueprint, Leftovers};
+use crate::session::{self, Blueprint, Leftovers, Served};
 use crate::settings::{BrokerSettings, Settings};
 use crate::topology::{self, QueueNames};
 
@@ -299,16 +300,29 @@ impl WorkerBuilder {
             abandon: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
+        let handlers = self
+            .registry
+            .handlers()
+            .iter()
+            .cloned()
+            .zip(specs)
+            .zip(names)
+            .map(|((handler, spec), names)| {
+                let breaker = Arc::new(Breaker::new(spec.name, spec.breaker, {
+                    let (metrics, name) = (Arc::clone(&metrics), spec.name);
+                    move |state| metrics.set_breaker_state(name, state)
+                }));
+                health.watch_breaker(Arc::clone(&breaker));
+                Served {
+                    handler,
+                    spec,
+                    names,
+                    breaker,
+                }
+            })
+            .collect();
         let blueprint = Blueprint {
-            handlers: self
-                .registry
-                .handlers()
-                .iter()
-                .cloned()
-                .zip(specs)
-                .zip(names)
-                .map(|((h, s), n)| (h, s, n))
-                .collect(),
+            handlers,
             config: config.clone(),
             broker: broker.clone(),
             runtime,
@@ -319,8 +333,10 @@ impl WorkerBuilder {
         let session = blueprint.open().await?;
         let supervisor = tokio::spawn(session::supervise(blueprint, session));
         let pruner = tokio::spawn(prune_forever(pool.clone(), dedup, config.dedup_retention));
-        let relay =
-            outbox.map(|settings| crate::relay::spawn(pool.clone(), &config, &broker, settings));
+        let relay = outbox.map(|settings| {
+            let observer = Arc::clone(&metrics) as Arc<dyn worker_core::RelayObserver>;
+            crate::relay::spawn(pool.clone(), &config, &broker, settings, observer)
+        });
         tracing::info!(
             app = %config.app,
             amqp = %redact_url(&broker.url),

@@ -40,6 +40,9 @@ pub struct HandlerSpec {
     /// `Some` for a partitioned handler: one queue per partition, one event of an entity at a
     /// time, retries in place (see [`Partitioning`](crate::Partitioning)).
     pub partition: Option<crate::partition::Partitioning>,
+    /// When the handler stops taking deliveries because its dependencies fail (see
+    /// [`BreakerSettings`](crate::BreakerSettings)).
+    pub breaker: crate::breaker::BreakerSettings,
 }
 
 impl HandlerSpec {
@@ -53,6 +56,7 @@ impl HandlerSpec {
             retry: RetryPolicy::DEFAULT,
             concurrency: DEFAULT_CONCURRENCY,
             partition: None,
+            breaker: crate::breaker::BreakerSettings::DEFAULT,
         }
     }
 

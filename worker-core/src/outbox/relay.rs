@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -70,6 +70,24 @@ pub trait RelayObserver: Send + Sync + 'static {
     /// A batch committed: these rows are marked published.
     fn committed(&self, event_ids: &[String]) {
         let _ = event_ids;
+    }
+
+    /// The table has `rows` unpublished rows (due or waiting out a backoff), counted after a
+    /// drain at most every 5 s (the whole table: every relay on it reports the same number).
+    fn pending(&self, rows: u64) {
+        let _ = rows;
+    }
+}
+
+/// How often at most the relay counts the unpublished rows for [`RelayObserver::pending`]: a
+/// cheap count (an index-only scan of the partial index on unpublished rows), done after a drain,
+/// so every poll interval when that is longer.
+pub(crate) const PENDING_COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The metrics' `worker_outbox_pending_events` gauge follows the relay's count.
+impl RelayObserver for crate::telemetry::metrics::Metrics {
+    fn pending(&self, rows: u64) {
+        self.set_outbox_pending(rows);
     }
 }
 
@@ -260,6 +278,7 @@ impl RelayLoop {
         let schema = self.table.schema().as_str().to_owned();
         let mut listener: Option<PgListener> = None;
         let mut last_cleanup: Option<Instant> = None;
+        let mut last_count: Option<Instant> = None;
         tracing::info!(schema, "outbox relay started");
         loop {
             if listener.is_none() {
@@ -269,6 +288,10 @@ impl RelayLoop {
             if last_cleanup.is_none_or(|at| at.elapsed() >= self.settings.cleanup_interval) {
                 self.prune().await;
                 last_cleanup = Some(Instant::now());
+            }
+            if last_count.is_none_or(|at| at.elapsed() >= PENDING_COUNT_INTERVAL) {
+                self.count_pending().await;
+                last_count = Some(Instant::now());
             }
             tokio::select! {
                 biased;
@@ -293,6 +316,15 @@ impl RelayLoop {
                 tracing::warn!(%error, "outbox relay cannot LISTEN; polling until it can");
                 None
             }
+        }
+    }
+
+    /// Reports the unpublished rows to the observer; on a database error it reports nothing (the
+    /// drain has already warned about the database).
+    async fn count_pending(&self) {
+        match self.table.pending(&self.pool).await {
+            Ok(rows) => self.observer.pending(rows),
+            Err(error) => tracing::debug!(%error, "counting the unpublished outbox rows failed"),
         }
     }
 

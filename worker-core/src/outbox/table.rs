@@ -1,5 +1,5 @@
 //! The relay's statements on the outbox table: lock a batch, find what blocks it, mark rows
-//! published or failed, prune.
+//! published or failed, prune, count the unpublished rows.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -85,6 +85,7 @@ pub struct OutboxTable {
     published_sql: String,
     failed_sql: String,
     prune_sql: String,
+    pending_sql: String,
 }
 
 impl OutboxTable {
@@ -123,6 +124,8 @@ impl OutboxTable {
                 "DELETE FROM {t} WHERE ctid IN
                    (SELECT ctid FROM {t} WHERE published_at < now() - $1::interval LIMIT 10000)"
             ),
+            // Answered from the partial index on the unpublished rows.
+            pending_sql: format!("SELECT count(*) FROM {t} WHERE published_at IS NULL"),
             schema,
         }
     }
@@ -252,6 +255,12 @@ impl OutboxTable {
             .execute(tx)
             .await
             .map(|_| ())
+    }
+
+    /// How many rows are not published yet (due or waiting out a backoff).
+    pub async fn pending(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
+        let (rows,): (i64,) = sqlx::query_as(&self.pending_sql).fetch_one(pool).await?;
+        Ok(u64::try_from(rows).unwrap_or(0))
     }
 
     /// Deletes up to 10,000 rows published longer than `retention` ago; returns how many.

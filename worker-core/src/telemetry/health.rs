@@ -2,9 +2,12 @@
 //! to the broker and the database and every handler is consuming.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
+
+use crate::breaker::{Breaker, BreakerState};
 
 /// What readiness is made of. The transport updates the broker side; the database is checked on
 /// each `/readyz` request.
@@ -16,6 +19,7 @@ pub struct Health {
     consuming: AtomicUsize,
     expected_consumers: AtomicUsize,
     pool: std::sync::OnceLock<PgPool>,
+    breakers: std::sync::Mutex<Vec<Arc<Breaker>>>,
 }
 
 impl Default for Health {
@@ -39,6 +43,7 @@ impl Health {
             consuming: AtomicUsize::new(0),
             expected_consumers: AtomicUsize::new(0),
             pool: std::sync::OnceLock::new(),
+            breakers: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -73,6 +78,31 @@ impl Health {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 Some(n.saturating_sub(1))
             });
+    }
+
+    /// A handler's circuit breaker, for the detail of `/readyz`.
+    pub fn watch_breaker(&self, breaker: Arc<Breaker>) {
+        self.breakers.lock().expect("health lock").push(breaker);
+    }
+
+    /// The lines `/readyz` adds after its verdict: each handler whose circuit breaker is not
+    /// closed (`circuit breaker open: charge-on-order-placed`). An open breaker does not make the
+    /// worker unready: the worker is healthy and waits for a dependency, and restarting it would
+    /// not help.
+    pub fn detail(&self) -> String {
+        let breakers = self.breakers.lock().expect("health lock");
+        let mut detail = String::new();
+        for breaker in breakers.iter() {
+            let state = breaker.state();
+            if state != BreakerState::Closed {
+                detail.push_str(&format!(
+                    "circuit breaker {}: {}\n",
+                    state.as_str(),
+                    breaker.handler()
+                ));
+            }
+        }
+        detail
     }
 
     /// `Ok` when ready, else why not.

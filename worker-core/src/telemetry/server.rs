@@ -55,7 +55,12 @@ pub async fn serve(
     Ok(Endpoint { addr, task })
 }
 
+/// Renders every metric; `worker_ready` is evaluated first with `/readyz`'s check, so the two
+/// never disagree. That check's one database round trip is bounded by its own 2 s timeout
+/// (well under Prometheus's default 10 s scrape timeout); everything else it reads is in memory.
 async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
+    let ready = shared.health.readiness().await.is_ok();
+    shared.metrics.set_ready(ready);
     (
         [(
             header::CONTENT_TYPE,
@@ -66,11 +71,12 @@ async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
 }
 
 async fn ready(State(shared): State<Shared>) -> impl IntoResponse {
+    let detail = shared.health.detail();
     match shared.health.readiness().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(()) => (StatusCode::OK, format!("ready\n{detail}")),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
+            format!("not ready: {reason}\n{detail}"),
         ),
     }
 }
