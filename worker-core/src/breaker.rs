@@ -119,9 +119,16 @@ pub enum Verdict {
 #[derive(Debug)]
 enum Phase {
     /// The events that failed since the last success (at most `failures` of them).
-    Closed { failed: HashSet<String> },
-    Open { until: Instant, wait: Duration },
-    Probing { wait: Duration },
+    Closed {
+        failed: HashSet<String>,
+    },
+    Open {
+        until: Instant,
+        wait: Duration,
+    },
+    Probing {
+        wait: Duration,
+    },
 }
 
 /// One handler's breaker, shared by its consumers (see the module documentation).
@@ -290,7 +297,10 @@ impl Breaker {
                 tracing::info!(handler, "circuit breaker half-open: one probe delivery")
             }
             (BreakerState::Closed, _) => {
-                tracing::info!(handler, "circuit breaker closed: the handler succeeded again")
+                tracing::info!(
+                    handler,
+                    "circuit breaker closed: the handler succeeded again"
+                )
             }
         }
     }
@@ -363,7 +373,10 @@ mod tests {
             async move { b.admit().await }
         });
         tokio::time::sleep(Duration::from_millis(80)).await;
-        assert!(!waiting.is_finished(), "a second delivery waits for the probe");
+        assert!(
+            !waiting.is_finished(),
+            "a second delivery waits for the probe"
+        );
         b.record(Admission::Probe, Verdict::Success, "e10");
         assert_eq!(waiting.await.unwrap(), Admission::Normal);
         assert_eq!(b.state(), BreakerState::Closed);

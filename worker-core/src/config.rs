@@ -350,8 +350,9 @@ impl WorkerConfig {
             return Err(ConfigError::Invalid {
                 var: format!("circuit breaker of `{}`", spec.name),
                 value: format!("{:?}", spec.breaker),
-                reason: "the probe wait must be positive and the longest probe wait at least the first"
-                    .into(),
+                reason:
+                    "the probe wait must be positive and the longest probe wait at least the first"
+                        .into(),
             });
         }
         Ok(spec)

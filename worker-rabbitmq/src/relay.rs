@@ -140,19 +140,21 @@ impl RunningRelay {
     }
 }
 
-/// Starts the relay inside a worker, on the worker's pool.
+/// Starts the relay inside a worker, on the worker's pool; `observer` is the worker's metrics
+/// (`worker_outbox_pending_events`).
 pub(crate) fn spawn(
     pool: PgPool,
     config: &WorkerConfig,
     broker: &BrokerSettings,
     settings: OutboxSettings,
+    observer: Arc<dyn RelayObserver>,
 ) -> RunningRelay {
     spawn_with(
         pool,
         config,
         settings,
         RabbitSink::new(config, broker),
-        Arc::new(NoRelayObserver),
+        observer,
     )
 }
 

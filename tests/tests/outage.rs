@@ -1,0 +1,196 @@
+//! A downstream outage with the circuit breaker: 200 events arrive while a (simulated) payment
+//! gateway is down for 20 s. With the breaker (the default), none is dead-lettered, each is charged
+//! exactly once after recovery, and the attempts spent per event stay small. Without it, the same
+//! outage spends every attempt of the first events and dead-letters them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::PgConnection;
+use worker_core::{handler, Context, HandlerError, State};
+use worker_tests::{eventually, http_get, TestEnv};
+
+/// A payment gateway that answers 503 until `up_at`.
+#[derive(Clone, Default)]
+struct Gateway {
+    up_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Gateway {
+    fn down_for(&self, outage: Duration) {
+        *self.up_at.lock().unwrap() = Some(Instant::now() + outage);
+    }
+
+    fn charge(&self) -> Result<(), HandlerError> {
+        match *self.up_at.lock().unwrap() {
+            Some(up_at) if Instant::now() < up_at => Err(HandlerError::retryable(
+                "GatewayUnavailable: the payment gateway answered 503",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Charge {}
+
+/// Records each attempt (outside the transaction, so failed ones stay), then charges.
+#[handler(event = "Charge", dedup, retry = 5)]
+async fn charge_via_gateway(
+    _event: Charge,
+    tx: &mut PgConnection,
+    ctx: &Context,
+    State(gateway): State<Gateway>,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "INSERT INTO attempts (event_id, handler, attempt, trace_id) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(ctx.event_id())
+    .bind(ctx.handler())
+    .bind(ctx.attempt() as i32)
+    .bind(ctx.trace_id())
+    .execute(ctx.pool())
+    .await?;
+    gateway.charge()?;
+    sqlx::query("INSERT INTO effects (event_id, handler) VALUES ($1, $2)")
+        .bind(ctx.event_id())
+        .bind(ctx.handler())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+const EVENTS: usize = 200;
+const OUTAGE: Duration = Duration::from_secs(20);
+
+/// Starts a worker (breaker on or off), takes the gateway down, publishes the events, and returns
+/// the environment, the worker and what `/metrics` and `/readyz` said during the outage.
+async fn outage(
+    breaker: bool,
+) -> (
+    TestEnv,
+    worker_rabbitmq::RunningWorker,
+    Vec<String>,
+    Vec<String>,
+) {
+    let mut env = TestEnv::new().await;
+    if !breaker {
+        env.config.breaker.failures = Some(0);
+    }
+    let gateway = Gateway::default();
+    let worker = worker_rabbitmq::Worker::builder()
+        .handler(charge_via_gateway)
+        .state(gateway.clone())
+        .migrations(TestEnv::migrator())
+        .settings(env.settings())
+        .start()
+        .await
+        .unwrap();
+    let addr = worker.metrics_addr().expect("metrics endpoint");
+    gateway.down_for(OUTAGE);
+    let down_since = Instant::now();
+    for i in 0..EVENTS {
+        env.publish_json("Charge", &format!("evt_{i:03}"), json!({}))
+            .await;
+    }
+    let (mut states, mut readiness) = (Vec::new(), Vec::new());
+    while down_since.elapsed() < OUTAGE {
+        let (_, metrics) = http_get(addr, "/metrics").await;
+        if let Some(line) = metrics
+            .lines()
+            .find(|l| l.starts_with("worker_breaker_state{"))
+        {
+            states.push(line.to_owned());
+        }
+        readiness.push(http_get(addr, "/readyz").await.1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (env, worker, states, readiness)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_breaker_and_no_event_is_dead_lettered() {
+    let (env, worker, states, readiness) = outage(true).await;
+    let name = "charge-via-gateway";
+    eventually("every event is charged after the recovery", || async {
+        env.count("SELECT count(*) FROM effects WHERE handler = $1", name)
+            .await
+            == EVENTS as i64
+    })
+    .await;
+    let addr = worker.metrics_addr().expect("metrics endpoint");
+    let (_, after) = http_get(addr, "/metrics").await;
+    let (_, ready_after) = http_get(addr, "/readyz").await;
+    worker.shutdown().await.unwrap();
+
+    // Half-open lasts as long as one probe delivery: too short to be seen by polling.
+    assert!(
+        states.iter().any(|s| s.ends_with(" 1")),
+        "during the outage the breaker was open (1): {states:?}"
+    );
+    assert!(
+        after.contains(&format!("worker_breaker_state{{handler=\"{name}\"}} 0")),
+        "closed again after the recovery: {after}"
+    );
+    assert_eq!(ready_after, "ready\n", "nothing to report once closed");
+    assert!(
+        readiness
+            .iter()
+            .any(|r| r.starts_with("ready\n")
+                && r.contains(&format!("circuit breaker open: {name}"))),
+        "/readyz stays ready and says the breaker is open: {readiness:?}"
+    );
+    let charged: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_id, count(*) FROM effects GROUP BY event_id HAVING count(*) <> 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(charged.is_empty(), "charged other than once: {charged:?}");
+    assert_eq!(
+        env.depth(&format!("{}.dlq", env.queue(name))).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let attempts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT event_id, count(*) FROM attempts GROUP BY event_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let mut distribution = BTreeMap::<i64, usize>::new();
+    for (_, n) in &attempts {
+        *distribution.entry(*n).or_default() += 1;
+    }
+    let failed: i64 = attempts.iter().map(|(_, n)| n - 1).sum();
+    println!(
+        "attempts per event (attempts → events): {distribution:?}; failed attempts in all: {failed}"
+    );
+    assert_eq!(attempts.len(), EVENTS);
+    let worst = *distribution.keys().max().unwrap();
+    assert!(
+        worst < 5,
+        "no event came near its 5 attempts: {distribution:?}"
+    );
+    assert!(
+        failed <= 40,
+        "the breaker stopped the failures early (a handful of events and probes): {failed} failed attempts, {distribution:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_breaker_the_same_outage_dead_letters_events() {
+    let (env, worker, states, _) = outage(false).await;
+    let dlq = format!("{}.dlq", env.queue("charge-via-gateway"));
+    let dead = env.depth(&dlq).await;
+    worker.shutdown().await.unwrap();
+    assert!(
+        states.iter().all(|s| s.ends_with(" 0")),
+        "the breaker stayed closed: {states:?}"
+    );
+    assert!(
+        dead > 0,
+        "an outage longer than the retry horizon exhausts the attempts of the events in it"
+    );
+}
