@@ -86,6 +86,7 @@ async fn one_batch_settles_each_event_on_its_own() {
         states: worker_core::transport::pipeline::States::new(),
         clock: worker_core::transport::pipeline::Clock::system(),
         jitter: worker_core::transport::pipeline::Jitter::random(),
+        max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
     };
     let spec = Handler::spec(&scripted);
     let batch = [

@@ -194,3 +194,96 @@ async fn without_the_breaker_the_same_outage_dead_letters_events() {
         "an outage longer than the retry horizon exhausts the attempts of the events in it"
     );
 }
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Limited {
+    retry_after_ms: u64,
+}
+
+/// Fails its first attempt the way a rate-limited service answers (429 with `Retry-After`).
+#[handler(event = "Limited", dedup, retry = 5)]
+async fn call_rate_limited_api(
+    event: Limited,
+    tx: &mut PgConnection,
+    ctx: &Context,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "INSERT INTO attempts (event_id, handler, attempt, trace_id) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(ctx.event_id())
+    .bind(ctx.handler())
+    .bind(ctx.attempt() as i32)
+    .bind(ctx.trace_id())
+    .execute(ctx.pool())
+    .await?;
+    if ctx.attempt() == 1 {
+        return Err(HandlerError::retryable("RateLimited: the API answered 429")
+            .retry_after(Duration::from_millis(event.retry_after_ms)));
+    }
+    sqlx::query("INSERT INTO effects (event_id, handler) VALUES ($1, $2)")
+        .bind(ctx.event_id())
+        .bind(ctx.handler())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The seconds between an event's first and second attempt, and how many attempts it had.
+async fn gap_and_attempts(env: &TestEnv, event_id: &str) -> (f64, i64) {
+    sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM max(at) - min(at))::float8, count(*) FROM attempts WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_waits_at_least_that_long_through_the_delay_queues_bounded_by_the_maximum() {
+    let mut env = TestEnv::new().await;
+    // The test namespace's backoff tops out at 800 ms (+50 ms jitter) per delay level, so a
+    // 3 s wait takes several trips through the delay queues.
+    env.config.max_retry_after = Duration::from_secs(5);
+    let worker = worker_rabbitmq::Worker::builder()
+        .handler(call_rate_limited_api)
+        .migrations(TestEnv::migrator())
+        .settings(env.settings())
+        .start()
+        .await
+        .unwrap();
+    env.publish_json("Limited", "evt_wait_3s", json!({"retryAfterMs": 3000}))
+        .await;
+    env.publish_json("Limited", "evt_wait_1h", json!({"retryAfterMs": 3_600_000}))
+        .await;
+    eventually(
+        "both events are processed on their second attempt",
+        || async {
+            env.count(
+                "SELECT count(*) FROM effects WHERE handler = $1",
+                "call-rate-limited-api",
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    worker.shutdown().await.unwrap();
+
+    let (gap, attempts) = gap_and_attempts(&env, "evt_wait_3s").await;
+    println!("asked for 3 s: second attempt after {gap:.2} s");
+    assert_eq!(attempts, 2, "waiting early copies never ran the handler");
+    assert!(gap >= 3.0, "waited at least the 3 s asked for: {gap:.2} s");
+    assert!(
+        gap < 5.0,
+        "and not much longer (one level's TTL at most): {gap:.2} s"
+    );
+    let (gap, attempts) = gap_and_attempts(&env, "evt_wait_1h").await;
+    println!("asked for 1 h with a 5 s maximum: second attempt after {gap:.2} s");
+    assert_eq!(attempts, 2);
+    assert!(
+        (5.0..7.0).contains(&gap),
+        "an hour is cut to WORKER_RETRY_AFTER_MAX (5 s here): {gap:.2} s"
+    );
+}

@@ -131,6 +131,7 @@ fn processing(c: &mut Criterion) {
         states: worker_core::transport::pipeline::States::new(),
         clock: worker_core::transport::pipeline::Clock::system(),
         jitter: worker_core::transport::pipeline::Jitter::random(),
+        max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
     };
     let spec = noop.spec();
     let message = message();

@@ -20,6 +20,7 @@
 //! | `WORKER_BATCH_LINGER` | `0ms` | how long a batch waits for more deliveries after its first; `0ms` never waits, so batches form only from a backlog |
 //! | `WORKER_LAG_POLL_INTERVAL` | `15s` | how often queue depths (lag, retry, DLQ) are read from the broker |
 //! | `WORKER_RETRY_ATTEMPTS`, `_BASE`, `_CAP`, `_JITTER` | from `#[handler]` | override every handler's retry policy |
+//! | `WORKER_RETRY_AFTER_MAX` | `15m` | the longest wait a handler may ask for with `HandlerError::retry_after` (longer ones are cut to this) |
 //! | `WORKER_BREAKER_FAILURES` | `10` (`#[handler(breaker = N)]`) | retryable failures in a row that open a handler's circuit breaker; `0` turns it off |
 //! | `WORKER_BREAKER_PROBE`, `WORKER_BREAKER_MAX_PROBE` | `2s`, `60s` | how long an open breaker waits before its first probe delivery, and at most between probes (the wait doubles after each failed probe) |
 //! | `WORKER_HANDLER_<NAME>_RETRY_ATTEMPTS` (`_BASE`, `_CAP`, `_JITTER`), `WORKER_HANDLER_<NAME>_CONCURRENCY`, `WORKER_HANDLER_<NAME>_BREAKER_FAILURES` (`_PROBE`, `_MAX_PROBE`) | | override one handler (`<NAME>`: the handler name upper-cased, `-` → `_`) |
@@ -43,6 +44,9 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// Largest default batch: Postgres keeps 64 subtransactions (savepoints that wrote) per
 /// transaction in its fast path, and a batch uses one per event.
 pub const MAX_DEFAULT_BATCH_SIZE: usize = 50;
+
+/// The default of [`WorkerConfig::max_retry_after`]: 15 minutes.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +206,9 @@ pub struct WorkerConfig {
     pub retry: RetryOverrides,
     /// Overrides of every handler's circuit breaker.
     pub breaker: BreakerOverrides,
+    /// The longest wait a handler may ask for with
+    /// [`HandlerError::retry_after`](crate::HandlerError::retry_after).
+    pub max_retry_after: Duration,
     /// Overrides per handler name, set in code or tests (applied after `retry`).
     pub handlers: HashMap<String, HandlerOverrides>,
     /// Overrides from `WORKER_HANDLER_<NAME>_*` variables, keyed by `<NAME>` (see
@@ -231,6 +238,7 @@ impl Default for WorkerConfig {
             batch_linger: Duration::ZERO,
             retry: RetryOverrides::default(),
             breaker: BreakerOverrides::default(),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             handlers: HashMap::new(),
             handler_vars: HashMap::new(),
         }
@@ -306,6 +314,9 @@ impl WorkerConfig {
                 .unwrap_or(defaults.batch_linger),
             retry: RetryOverrides::from_vars(vars, "WORKER_")?,
             breaker: BreakerOverrides::from_vars(vars, "WORKER_")?,
+            max_retry_after: vars
+                .parse("WORKER_RETRY_AFTER_MAX", parse_duration)?
+                .unwrap_or(defaults.max_retry_after),
             handlers: HashMap::new(),
             handler_vars: handler_vars(vars)?,
         })

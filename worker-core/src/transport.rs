@@ -229,7 +229,7 @@ pub mod breaker {
 pub mod config {
     pub use crate::config::{
         app_name, handler_env_name, parse_bool, parse_duration, parse_positive, redact_url, Secret,
-        Variables, DEFAULT_DATABASE_URL, MAX_DEFAULT_BATCH_SIZE,
+        Variables, DEFAULT_DATABASE_URL, DEFAULT_MAX_RETRY_AFTER, MAX_DEFAULT_BATCH_SIZE,
     };
     pub use crate::handler::DEFAULT_CONCURRENCY;
 }
@@ -299,8 +299,9 @@ pub mod registry {
 pub mod retry {
     pub use crate::retry::attempts::{
         is_retry_copy, original_headers, ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER,
-        LAST_ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER,
-        WORKER_HEADER_PREFIX, WORKER_TRACEPARENT_HEADER,
+        LAST_ERROR_HEADER, NOT_BEFORE_HEADER, ORIGINAL_EXCHANGE_HEADER,
+        ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER, WORKER_HEADER_PREFIX,
+        WORKER_TRACEPARENT_HEADER,
     };
 }
 

@@ -172,6 +172,7 @@ mod tests {
             states: worker_core::transport::pipeline::States::new(),
             clock: worker_core::transport::pipeline::Clock::system(),
             jitter: worker_core::transport::pipeline::Jitter::random(),
+            max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
         };
         let mut message = InboundMessage {
             routing_key: "h.delivery-limit".into(),

@@ -38,6 +38,41 @@ pub fn level(policy: &RetryPolicy, failures: u32) -> u32 {
     failures.clamp(1, level_count(policy))
 }
 
+/// Where a copy that must wait `delay` after its `failures`-th failure goes: the delay level and
+/// the TTL it gets there.
+///
+/// A backoff delay fits its failure's level (`[base_delay(level), base_delay(level) + jitter]`)
+/// and is used as it is. Any other wait (the handler asked for one with `retry_after`, or a
+/// deferred copy still has that long to wait) goes to the longest level whose base delay does not
+/// exceed it (level 1 for a wait shorter than every level), with a TTL inside that level's
+/// window, so the head-of-line rule still holds; what
+/// is left of the wait is served when the copy comes back early (the core parks it again, see
+/// `x-worker-not-before` in `docs/contracts.md` §4).
+///
+/// ```
+/// use std::time::Duration;
+/// use worker_core::RetryPolicy;
+/// use worker_rabbitmq::delay::placement;
+///
+/// let policy = RetryPolicy { max_attempts: 5, ..RetryPolicy::DEFAULT }; // levels 200 ms .. 1.6 s
+/// assert_eq!(placement(&policy, 1, Duration::from_millis(700)), (1, Duration::from_millis(700)));
+/// // Asked to wait 30 s: the longest level (1.6 s, TTL up to 2.6 s), then parked again on arrival.
+/// assert_eq!(placement(&policy, 1, Duration::from_secs(30)), (4, Duration::from_millis(2600)));
+/// ```
+pub fn placement(policy: &RetryPolicy, failures: u32, delay: Duration) -> (u32, Duration) {
+    let own = level(policy, failures);
+    let floor = policy.base_delay(own);
+    if delay >= floor && delay <= floor + policy.jitter {
+        return (own, delay);
+    }
+    let longest = (1..=level_count(policy))
+        .rev()
+        .find(|&k| policy.base_delay(k) <= delay)
+        .unwrap_or(1);
+    let floor = policy.base_delay(longest);
+    (longest, delay.clamp(floor, floor + policy.jitter))
+}
+
 /// The per-message TTL (`expiration`, milliseconds as text) that holds a copy back for `delay`,
 /// never below 1 ms (a zero delay, e.g. with every backoff setting at 0, still expires through
 /// the delay queue rather than relying on RabbitMQ's special case for TTL 0).
@@ -104,6 +139,31 @@ mod tests {
                         level(&p, failures)
                     );
                 }
+            }
+        }
+    }
+
+    /// A wait longer than its failure's level goes to a level whose window holds its TTL, so
+    /// the head-of-line rule holds for retry-after copies too, and the TTL never exceeds the wait.
+    #[test]
+    fn long_waits_keep_every_level_within_its_window() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            ..RetryPolicy::DEFAULT
+        };
+        for failures in 1..5 {
+            for ms in [1u64, 150, 700, 1_700, 3_000, 30_000, 900_000] {
+                let wait = Duration::from_millis(ms);
+                let (level, ttl) = placement(&p, failures, wait);
+                let floor = p.base_delay(level);
+                assert!(
+                    ttl >= floor && ttl <= floor + p.jitter,
+                    "{wait:?} after failure {failures}: TTL {ttl:?} outside level {level}"
+                );
+                assert!(
+                    ttl <= wait.max(floor),
+                    "{wait:?}: TTL {ttl:?} longer than asked"
+                );
             }
         }
     }

@@ -145,18 +145,26 @@ async fn make_durable(disposition: &Disposition, outlets: Outlets<'_>) -> Durabi
             failures,
             span,
             ..
+        }
+        | Disposition::Defer {
+            message,
+            delay,
+            failures,
+            span,
         } => {
-            let queue = names.delay(delay::level(retry, *failures));
+            let (level, ttl) = delay::placement(retry, *failures, *delay);
+            let queue = names.delay(level);
             tracing::info!(
                 failures,
                 delay_ms = delay.as_millis() as u64,
+                ttl_ms = ttl.as_millis() as u64,
                 queue,
                 "publishing retry copy"
             );
             // Boxed: the publish future (with the copy carrying its TTL) is large and rare, and
             // every delivery in flight would otherwise carry room for it.
             Box::pin(async {
-                let copy = delay::with_ttl(message, *delay);
+                let copy = delay::with_ttl(message, ttl);
                 publish_in(span, publisher, &queue, &copy).await
             })
             .await

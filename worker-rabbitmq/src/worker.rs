@@ -289,6 +289,7 @@ impl WorkerBuilder {
             states: self.states,
             clock: Clock::system(),
             jitter: Jitter::random(),
+            max_retry_after: config.max_retry_after,
             observer: Arc::new(Observers(
                 std::iter::once(Arc::clone(&metrics) as Arc<dyn Observer>)
                     .chain(self.observers)

@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 /// How a failure is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -54,6 +55,7 @@ pub struct HandlerError {
     kind: ErrorKind,
     message: String,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+    retry_after: Option<Duration>,
 }
 
 impl HandlerError {
@@ -63,6 +65,7 @@ impl HandlerError {
             kind: ErrorKind::Retryable,
             message: message.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -72,6 +75,7 @@ impl HandlerError {
             kind: ErrorKind::Poison,
             message: message.into(),
             source: None,
+            retry_after: None,
         }
     }
 
@@ -84,7 +88,31 @@ impl HandlerError {
             kind,
             message: describe(&error),
             source: Some(Box::new(error)),
+            retry_after: None,
         }
+    }
+
+    /// Asks for the next attempt to wait at least `wait` (a `Retry-After` from a service that
+    /// answered 429 or 503): the retry copy waits `max(wait, the backoff)`, bounded by
+    /// `WORKER_RETRY_AFTER_MAX` (15 minutes unless configured), on the broker's delay path like
+    /// any retry. It is still one attempt of the handler's retry policy. A poison failure ignores
+    /// it (it is never retried); partitioned handlers wait in place.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use worker_core::HandlerError;
+    ///
+    /// let error = HandlerError::retryable("the card issuer answered 429").retry_after(Duration::from_secs(30));
+    /// assert_eq!(error.retry_delay(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The wait asked for with [`HandlerError::retry_after`], if any.
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Whether this failure is retried or dead-lettered now.
@@ -140,6 +168,7 @@ impl fmt::Debug for HandlerError {
         f.debug_struct("HandlerError")
             .field("kind", &self.kind)
             .field("message", &self.message)
+            .field("retry_after", &self.retry_after)
             .finish()
     }
 }

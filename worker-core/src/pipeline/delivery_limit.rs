@@ -114,6 +114,7 @@ mod tests {
             states: crate::transport::pipeline::States::new(),
             clock: crate::transport::pipeline::Clock::system(),
             jitter: crate::transport::pipeline::Jitter::random(),
+            max_retry_after: crate::config::DEFAULT_MAX_RETRY_AFTER,
         };
         let spec = HandlerSpec::new("h", "OrderPlaced");
         let mut message = InboundMessage {

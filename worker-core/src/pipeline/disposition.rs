@@ -47,6 +47,20 @@ pub enum Disposition {
         /// The producer span of the publish; the message carries its context.
         span: tracing::Span,
     },
+    /// A retry copy that arrived before the wait its handler asked for ended
+    /// ([`HandlerError::retry_after`](crate::HandlerError::retry_after)): the handler did not run
+    /// and no attempt is counted. Have the broker redeliver `message` (the same copy) after
+    /// `delay`, confirmed, then ack, exactly as for [`Disposition::Retry`].
+    Defer {
+        /// The copy, unchanged but for its trace context.
+        message: OutboundMessage,
+        /// How long it still has to wait.
+        delay: Duration,
+        /// Failed attempts so far (unchanged).
+        failures: u32,
+        /// The producer span of the publish.
+        span: tracing::Span,
+    },
     /// Not the message's fault (the database could not even begin a transaction): give the
     /// delivery back to the broker without acking and without spending an attempt.
     GiveBack {
@@ -59,7 +73,9 @@ impl Disposition {
     /// The producer span to enter while publishing, for retries and dead letters.
     pub fn publish_span(&self) -> Option<&tracing::Span> {
         match self {
-            Disposition::Retry { span, .. } | Disposition::DeadLetter { span, .. } => Some(span),
+            Disposition::Retry { span, .. }
+            | Disposition::Defer { span, .. }
+            | Disposition::DeadLetter { span, .. } => Some(span),
             _ => None,
         }
     }
@@ -72,12 +88,14 @@ impl Disposition {
         }
     }
 
-    /// A short, low-cardinality name: `ok`, `duplicate`, `retry`, `dead_letter`, `give_back`.
+    /// A short, low-cardinality name: `ok`, `duplicate`, `retry`, `deferred`, `dead_letter`,
+    /// `give_back`.
     pub fn outcome_name(&self) -> &'static str {
         match self {
             Disposition::Processed => "ok",
             Disposition::Duplicate => "duplicate",
             Disposition::Retry { .. } => "retry",
+            Disposition::Defer { .. } => "deferred",
             Disposition::DeadLetter { .. } => "dead_letter",
             Disposition::GiveBack { .. } => "give_back",
         }

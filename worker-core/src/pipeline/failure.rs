@@ -12,8 +12,9 @@ use crate::handler::HandlerSpec;
 use crate::message::headers::HeaderValue;
 use crate::message::inbound::{InboundMessage, Properties};
 use crate::retry::attempts::{
-    ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, LAST_ERROR_HEADER, ORIGINAL_EXCHANGE_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER, WORKER_TRACEPARENT_HEADER,
+    ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, LAST_ERROR_HEADER, NOT_BEFORE_HEADER,
+    ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, TRACE_ID_HEADER,
+    WORKER_TRACEPARENT_HEADER,
 };
 use crate::telemetry::propagation;
 use crate::trace_context::TRACEPARENT_HEADER;
@@ -56,23 +57,94 @@ pub(crate) fn after_failure(
             ErrorKind::Retryable,
         );
     }
-    tracing::warn!(
-        error = error.message(),
+    let backoff = spec.retry.delay_with(failures, &runtime.jitter);
+    let asked = error
+        .retry_delay()
+        .map(|wait| wait.min(runtime.max_retry_after));
+    let delay = asked.map_or(backoff, |wait| wait.max(backoff));
+    match asked {
+        Some(retry_after) => tracing::warn!(
+            error = error.message(),
+            failures,
+            retry_after_ms = retry_after.as_millis() as u64,
+            "retryable failure; the handler asked to retry after a wait; scheduling a retry"
+        ),
+        None => tracing::warn!(
+            error = error.message(),
+            failures,
+            "retryable failure; scheduling a retry"
+        ),
+    }
+    let not_before = asked.map(|_| runtime.clock.now() + delay);
+    let (message, span) = retry_copy(
+        spec,
+        runtime,
+        message,
+        envelope,
         failures,
-        "retryable failure; scheduling a retry"
+        error.message(),
+        not_before,
     );
-    retry(spec, runtime, message, envelope, failures, error.message())
+    Disposition::Retry {
+        message,
+        delay,
+        failures,
+        error: error.message().to_owned(),
+        span,
+    }
 }
 
-fn retry(
+/// Parks a retry copy again if the wait its handler asked for has not ended (`None` when it is
+/// due): the broker's delay queues hold a copy back for at most their longest level, so a longer
+/// wait takes several trips. Partitioned handlers retry in place and never see such a copy early.
+pub(crate) fn defer_if_early(
+    spec: &HandlerSpec,
+    runtime: &Runtime,
+    message: &InboundMessage,
+    envelope: &Envelope,
+) -> Option<Disposition> {
+    /// Earlier than this is early; later is due (a TTL expires a few milliseconds either way).
+    const DUE_WITHIN: chrono::Duration = chrono::Duration::milliseconds(20);
+    let not_before = envelope.retry.not_before?;
+    let remaining = not_before - runtime.clock.now();
+    if spec.partition.is_some() || remaining <= DUE_WITHIN {
+        return None;
+    }
+    let delay = remaining.to_std().ok()?.min(runtime.max_retry_after);
+    tracing::debug!(
+        delay_ms = delay.as_millis() as u64,
+        "retry copy early for the wait its handler asked for; parking it again"
+    );
+    let failures = envelope.retry.failures;
+    let error = envelope.retry.last_error.as_deref().unwrap_or("");
+    let (message, span) = retry_copy(
+        spec,
+        runtime,
+        message,
+        envelope,
+        failures,
+        error,
+        Some(not_before),
+    );
+    Some(Disposition::Defer {
+        message,
+        delay,
+        failures,
+        span,
+    })
+}
+
+/// The retry copy after `failures` failures (the last one `error`) and its producer span; it
+/// carries [`NOT_BEFORE_HEADER`] when the handler asked for a wait.
+fn retry_copy(
     spec: &HandlerSpec,
     runtime: &Runtime,
     message: &InboundMessage,
     envelope: &Envelope,
     failures: u32,
     error: &str,
-) -> Disposition {
-    let delay = spec.retry.delay_with(failures, &runtime.jitter);
+    not_before: Option<chrono::DateTime<chrono::Utc>>,
+) -> (OutboundMessage, tracing::Span) {
     let first_failed_at = envelope
         .retry
         .first_failed_at
@@ -102,22 +174,23 @@ fn retry(
         ORIGINAL_ROUTING_KEY_HEADER.into(),
         HeaderValue::string(envelope.routing_key.clone()),
     );
+    if let Some(not_before) = not_before {
+        headers.insert(
+            NOT_BEFORE_HEADER.into(),
+            HeaderValue::string(format_time(not_before)),
+        );
+    }
     let span = publish_span(spec, runtime, PublishKind::Retry);
     let traceparent = propagation::traceparent(&span, &envelope.trace.trace_id);
     headers.insert(
         WORKER_TRACEPARENT_HEADER.into(),
         HeaderValue::string(traceparent),
     );
-    Disposition::Retry {
-        message: OutboundMessage {
-            body: message.body.clone(),
-            properties,
-        },
-        delay,
-        failures,
-        error: error.to_owned(),
-        span,
-    }
+    let copy = OutboundMessage {
+        body: message.body.clone(),
+        properties,
+    };
+    (copy, span)
 }
 
 /// The producer span of a retry copy or dead letter, a child of the delivery's process span.

@@ -55,6 +55,10 @@ pub struct Runtime {
     pub clock: Clock,
     /// The random part of retry delays ([`Jitter::random`] in a worker).
     pub jitter: Jitter,
+    /// The longest wait a handler may ask for with
+    /// [`HandlerError::retry_after`](crate::HandlerError::retry_after)
+    /// ([`WorkerConfig::max_retry_after`](crate::WorkerConfig::max_retry_after)).
+    pub max_retry_after: std::time::Duration,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -175,6 +179,9 @@ pub(crate) fn prepare<H: Handler>(
         Ok(id) => id.clone(),
         Err(problem) => return poison(&problem.to_string()),
     };
+    if let Some(deferred) = failure::defer_if_early(spec, runtime, message, envelope) {
+        return Prepared::Settled(Box::new(deferred));
+    }
     let event: H::Event = match decode::payload(&message.body, &envelope.event_type) {
         Ok(event) => event,
         Err(problem) => return poison(&problem.to_string()),

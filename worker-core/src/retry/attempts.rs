@@ -27,6 +27,11 @@ pub const TRACE_ID_HEADER: &str = "x-worker-trace-id";
 /// Header: W3C `traceparent` of the attempt that published this retry copy, so the next attempt
 /// joins the same trace (the producer's own `traceparent` header is left untouched).
 pub const WORKER_TRACEPARENT_HEADER: &str = "x-worker-traceparent";
+/// Header on a retry copy whose handler asked for a wait ([`crate::HandlerError::retry_after`]):
+/// the copy is not due before this time (RFC 3339). A copy that arrives earlier (the broker's
+/// delay queues hold a copy back for at most their longest level) is parked again without
+/// running the handler and without counting an attempt.
+pub const NOT_BEFORE_HEADER: &str = "x-worker-not-before";
 
 /// Prefix of every header the worker adds.
 pub const WORKER_HEADER_PREFIX: &str = "x-worker-";
@@ -38,6 +43,10 @@ pub(crate) struct RetryState {
     pub failures: u32,
     /// When the first attempt failed, if one did.
     pub first_failed_at: Option<DateTime<Utc>>,
+    /// When a wait the handler asked for ends ([`NOT_BEFORE_HEADER`]).
+    pub not_before: Option<DateTime<Utc>>,
+    /// The previous attempt's error ([`LAST_ERROR_HEADER`]).
+    pub last_error: Option<String>,
 }
 
 impl RetryState {
@@ -51,18 +60,29 @@ impl RetryState {
             .unwrap_or(0);
         let ceiling = i128::from(max_attempts.max(1) - 1);
         let failures = raw.clamp(0, ceiling) as u32;
-        let first_failed_at = if failures == 0 {
-            None
-        } else {
+        if failures == 0 {
+            return Self {
+                failures,
+                first_failed_at: None,
+                not_before: None,
+                last_error: None,
+            };
+        }
+        let time = |name: &str| {
             headers
-                .get(FIRST_FAILED_AT_HEADER)
+                .get(name)
                 .and_then(HeaderValue::as_str)
                 .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                 .map(|t| t.with_timezone(&Utc))
         };
         Self {
             failures,
-            first_failed_at,
+            first_failed_at: time(FIRST_FAILED_AT_HEADER),
+            not_before: time(NOT_BEFORE_HEADER),
+            last_error: headers
+                .get(LAST_ERROR_HEADER)
+                .and_then(HeaderValue::as_str)
+                .map(str::to_owned),
         }
     }
 

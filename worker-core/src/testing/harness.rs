@@ -193,6 +193,7 @@ impl TestHarnessBuilder {
             states: self.states,
             clock: clock.clone(),
             jitter: Jitter::seeded(self.seed),
+            max_retry_after: self.config.max_retry_after,
         };
         Ok(TestHarness {
             handlers,
@@ -419,6 +420,22 @@ impl TestHarness {
                     },
                 };
                 (delivery, Some((message, at)))
+            }
+            Disposition::Defer {
+                message: copy,
+                delay,
+                ..
+            } => {
+                let at = later(now, delay);
+                let message = InboundMessage {
+                    properties: Properties {
+                        expiration: None,
+                        ..copy.properties
+                    },
+                    body: copy.body,
+                    ..waiting.message.clone()
+                };
+                (delivery_of(Outcome::Deferred { at }), Some((message, at)))
             }
             Disposition::GiveBack { reason } => {
                 let at = later(now, GIVE_BACK_PAUSE);

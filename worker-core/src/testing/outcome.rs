@@ -27,6 +27,13 @@ pub enum Outcome {
     },
     /// Poison, or attempts exhausted: this record went to the handler's dead-letter queue.
     DeadLettered(Box<DeadLetterRecord>),
+    /// A retry copy delivered before the wait its handler asked for
+    /// ([`HandlerError::retry_after`](crate::HandlerError::retry_after)) ended: parked again
+    /// until `at`, without running the handler or counting an attempt.
+    Deferred {
+        /// When it is due.
+        at: DateTime<Utc>,
+    },
     /// Not the message's fault (the database could not begin a transaction): given back
     /// without spending an attempt, redelivered after a pause.
     GivenBack {
@@ -44,12 +51,13 @@ impl Outcome {
         }
     }
 
-    /// A short name: `processed`, `duplicate`, `retry`, `dead_letter`, `given_back`.
+    /// A short name: `processed`, `duplicate`, `retry`, `deferred`, `dead_letter`, `given_back`.
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Processed => "processed",
             Outcome::Duplicate => "duplicate",
             Outcome::RetryScheduled { .. } => "retry",
+            Outcome::Deferred { .. } => "deferred",
             Outcome::DeadLettered(_) => "dead_letter",
             Outcome::GivenBack { .. } => "given_back",
         }
@@ -73,6 +81,7 @@ impl fmt::Display for Outcome {
                 record.failure_metadata.last_error
             ),
             Outcome::GivenBack { reason } => write!(f, "given back: {reason}"),
+            Outcome::Deferred { at } => write!(f, "deferred until {at}"),
             other => f.write_str(other.name()),
         }
     }
