@@ -1,5 +1,6 @@
 //! Observability: one trace across every attempt (checked with an in-memory span exporter), the
-//! dead-letter record's traceId, Prometheus metrics scraped and parsed, health and readiness.
+//! dead-letter record's traceId, Prometheus metrics scraped and parsed, health and readiness (and
+//! `worker_ready` following it), the outbox backlog gauge.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -254,6 +255,12 @@ async fn metrics_count_outcomes_and_report_queue_depths() {
     worker.shutdown().await.unwrap();
 }
 
+/// `worker_ready` as scraped from `/metrics` (`-1` when it is missing).
+async fn ready_gauge(addr: std::net::SocketAddr) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    samples(&body).get("worker_ready").copied().unwrap_or(-1.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_broker_connection() {
     let mut env = TestEnv::new().await;
@@ -264,25 +271,111 @@ async fn readiness_follows_the_broker_connection() {
         http_get(addr, "/readyz").await.0 == 200
     })
     .await;
+    assert_eq!(ready_gauge(addr).await, 1.0, "worker_ready follows /readyz");
     assert_eq!(
         close_connections_named(&env.config.consumer),
         1,
         "the worker's connection was found and closed"
     );
-    eventually("not ready after the connection is lost", || async {
-        let (status, body) = http_get(addr, "/readyz").await;
-        status == 503 && body.contains("not connected to RabbitMQ")
-    })
+    eventually(
+        "not ready (and worker_ready 0) after the connection is lost",
+        || async {
+            let (status, body) = http_get(addr, "/readyz").await;
+            // The gauge is evaluated at the scrape with /readyz's check (the reconnect waits at
+            // least 500 ms, so both are seen in the not-ready window).
+            status == 503
+                && body.contains("not connected to RabbitMQ")
+                && ready_gauge(addr).await == 0.0
+        },
+    )
     .await;
     assert_eq!(http_get(addr, "/healthz").await.0, 200, "still alive");
     eventually("ready again after reconnecting", || async {
         http_get(addr, "/readyz").await.0 == 200
     })
     .await;
+    eventually("worker_ready 1 again", || async {
+        ready_gauge(addr).await == 1.0
+    })
+    .await;
     env.publish_json("Scripted", "evt_after_reconnect", json!({}))
         .await;
     eventually("consuming again", || async {
         env.effects("evt_after_reconnect").await == 1
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+}
+
+/// `worker_outbox_pending_events` counts the rows the relay has not published: three events no
+/// queue is bound for stay in the outbox (the broker returns them); once a queue is bound the
+/// relay publishes them and the gauge goes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_backlog_gauge_counts_unpublished_rows() {
+    let env = TestEnv::new().await;
+    spans_exporter();
+    let worker = worker_rabbitmq::Worker::builder()
+        .handler(scripted)
+        .migrations(TestEnv::migrator())
+        .settings(env.settings())
+        .outbox_settings(worker_core::OutboxSettings {
+            poll_interval: std::time::Duration::from_millis(200),
+            retry_base: std::time::Duration::from_millis(50),
+            retry_cap: std::time::Duration::from_millis(200),
+            ..worker_core::OutboxSettings::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let addr = worker.metrics_addr().expect("endpoint on");
+    let pending = || async {
+        let (_, body) = http_get(addr, "/metrics").await;
+        samples(&body)
+            .get("worker_outbox_pending_events")
+            .copied()
+            .unwrap_or(-1.0)
+    };
+    let mut tx = env.pool.begin().await.expect("begin");
+    for n in 0..3 {
+        worker_core::Outbox::enqueue(
+            &mut tx,
+            worker_core::OutboxEvent::new("Unbound", "agg_1", json!({ "n": n }))
+                .event_id(format!("evt_unbound_{n}")),
+        )
+        .await
+        .expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    eventually("worker_outbox_pending_events is 3", || async {
+        pending().await == 3.0
+    })
+    .await;
+
+    let probe = format!("{}probe", env.broker.queue_prefix);
+    env.channel
+        .queue_declare(
+            probe.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare probe queue");
+    env.channel
+        .queue_bind(
+            probe.as_str().into(),
+            env.broker.exchange.as_str().into(),
+            "Unbound".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind probe queue");
+    eventually("the relay publishes them", || async {
+        env.depth(&probe).await == 3
+    })
+    .await;
+    eventually("worker_outbox_pending_events is 0", || async {
+        pending().await == 0.0
     })
     .await;
     worker.shutdown().await.unwrap();
