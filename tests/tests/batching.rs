@@ -87,6 +87,7 @@ async fn one_batch_settles_each_event_on_its_own() {
         clock: worker_core::transport::pipeline::Clock::system(),
         jitter: worker_core::transport::pipeline::Jitter::random(),
         max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
+        error_policies: Default::default(),
     };
     let spec = Handler::spec(&scripted);
     let batch = [

@@ -132,6 +132,7 @@ fn processing(c: &mut Criterion) {
         clock: worker_core::transport::pipeline::Clock::system(),
         jitter: worker_core::transport::pipeline::Jitter::random(),
         max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
+        error_policies: Default::default(),
     };
     let spec = noop.spec();
     let message = message();

@@ -70,6 +70,7 @@ pub use config::{ConfigError, HandlerOverrides, RetryOverrides, WorkerConfig};
 pub use context::{Context, ContextBuilder};
 pub use dead_letter::record::DeadLetterRecord;
 pub use handler::error::{ErrorKind, HandlerError, Poison, ResultExt, Retryable};
+pub use handler::policy::{ErrorPolicies, ErrorPolicy, MOST_POLICY_ATTEMPTS};
 pub use handler::{BoxFuture, Handler, HandlerSpec};
 pub use message::inbound::InboundMessage;
 pub use observer::{Observer, Settlement};

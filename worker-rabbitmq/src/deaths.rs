@@ -173,6 +173,7 @@ mod tests {
             clock: worker_core::transport::pipeline::Clock::system(),
             jitter: worker_core::transport::pipeline::Jitter::random(),
             max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
+            error_policies: Default::default(),
         };
         let mut message = InboundMessage {
             routing_key: "h.delivery-limit".into(),

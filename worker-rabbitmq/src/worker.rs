@@ -16,7 +16,7 @@ use worker_core::transport::registry::Registry;
 use worker_core::transport::telemetry::server::{self, Endpoint};
 use worker_core::transport::telemetry::Health;
 use worker_core::transport::telemetry::Metrics;
-use worker_core::{Handler, HandlerSpec, Observer, WorkerConfig};
+use worker_core::{ErrorPolicies, ErrorPolicy, Handler, HandlerSpec, Observer, WorkerConfig};
 
 use crate::consume::{Plan, Source};
 use crate::error::WorkerError;
@@ -43,6 +43,7 @@ impl Worker {
             demo: None,
             outbox: None,
             states: States::new(),
+            error_policies: ErrorPolicies::new(),
         }
     }
 }
@@ -59,6 +60,8 @@ pub struct WorkerBuilder {
     outbox: Option<Option<worker_core::OutboxSettings>>,
     /// The application state handlers take as `State<T>`.
     states: States,
+    /// What error types mean ([`ErrorPolicies`]).
+    error_policies: ErrorPolicies,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -132,11 +135,57 @@ impl WorkerBuilder {
     /// # }
     /// ```
     pub fn test_harness(self) -> crate::testing::TestHarnessBuilder {
-        let harness = crate::testing::TestHarness::builder_from(self.registry, self.states);
+        let harness = crate::testing::TestHarness::builder_from(self.registry, self.states)
+            .error_policies(self.error_policies);
         match self.settings {
             Some(settings) => harness.config(settings.worker),
             None => harness,
         }
+    }
+
+    /// Says what failures with the error type `E` mean, in every handler: `classify` sees each
+    /// such error (found anywhere in the handler error's source chain) and returns an
+    /// [`ErrorPolicy`] (poison, retryable, retry after a wait, or a retry schedule of its own),
+    /// or `None` for no change. An error a handler marked poison in code stays poison. See
+    /// [`ErrorPolicies::on`] for the order policies are asked in.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use worker_rabbitmq::{ErrorPolicy, RetryPolicy, Worker};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("the API answered 429; retry after {0:?}")]
+    /// struct RateLimited(Duration);
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("the card was declined")]
+    /// struct CardDeclined;
+    ///
+    /// let worker = Worker::builder()
+    ///     .on_error(|e: &RateLimited| Some(ErrorPolicy::RetryAfter(e.0)))
+    ///     .on_error(|_: &CardDeclined| Some(ErrorPolicy::Poison))
+    ///     .on_error_in("sync-inventory", |_: &std::io::Error| {
+    ///         Some(ErrorPolicy::Retry(RetryPolicy { max_attempts: 20, ..RetryPolicy::DEFAULT }))
+    ///     });
+    /// # drop(worker);
+    /// ```
+    pub fn on_error<E: std::error::Error + 'static>(
+        mut self,
+        classify: impl Fn(&E) -> Option<ErrorPolicy> + Send + Sync + 'static,
+    ) -> Self {
+        self.error_policies = self.error_policies.on(classify);
+        self
+    }
+
+    /// Like [`WorkerBuilder::on_error`], for the handler named `handler` only (asked before the
+    /// policies for every handler).
+    pub fn on_error_in<E: std::error::Error + 'static>(
+        mut self,
+        handler: &str,
+        classify: impl Fn(&E) -> Option<ErrorPolicy> + Send + Sync + 'static,
+    ) -> Self {
+        self.error_policies = self.error_policies.for_handler(handler, classify);
+        self
     }
 
     /// Uses these settings instead of reading the environment.
@@ -290,6 +339,7 @@ impl WorkerBuilder {
             clock: Clock::system(),
             jitter: Jitter::random(),
             max_retry_after: config.max_retry_after,
+            error_policies: self.error_policies,
             observer: Arc::new(Observers(
                 std::iter::once(Arc::clone(&metrics) as Arc<dyn Observer>)
                     .chain(self.observers)

@@ -1,6 +1,7 @@
 //! The [`Handler`] trait that `#[handler]` implements for a user's async function.
 
 pub(crate) mod error;
+pub(crate) mod policy;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -115,6 +115,7 @@ mod tests {
             clock: crate::transport::pipeline::Clock::system(),
             jitter: crate::transport::pipeline::Jitter::random(),
             max_retry_after: crate::config::DEFAULT_MAX_RETRY_AFTER,
+            error_policies: Default::default(),
         };
         let spec = HandlerSpec::new("h", "OrderPlaced");
         let mut message = InboundMessage {

@@ -37,7 +37,8 @@ pub(crate) fn after_failure(
     error: &HandlerError,
 ) -> Disposition {
     let failures = envelope.retry.failures + 1;
-    if error.is_poison() {
+    let decision = runtime.error_policies.decide(spec.name, error);
+    if decision.kind == ErrorKind::Poison {
         return dead_letter(
             spec,
             runtime,
@@ -47,7 +48,8 @@ pub(crate) fn after_failure(
             ErrorKind::Poison,
         );
     }
-    if failures >= spec.retry.max_attempts {
+    let schedule = decision.retry.as_ref().unwrap_or(&spec.retry);
+    if failures >= schedule.max_attempts {
         return dead_letter(
             spec,
             runtime,
@@ -57,9 +59,9 @@ pub(crate) fn after_failure(
             ErrorKind::Retryable,
         );
     }
-    let backoff = spec.retry.delay_with(failures, &runtime.jitter);
-    let asked = error
-        .retry_delay()
+    let backoff = schedule.delay_with(failures, &runtime.jitter);
+    let asked = decision
+        .retry_after
         .map(|wait| wait.min(runtime.max_retry_after));
     let delay = asked.map_or(backoff, |wait| wait.max(backoff));
     match asked {

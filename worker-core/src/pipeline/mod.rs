@@ -59,6 +59,8 @@ pub struct Runtime {
     /// [`HandlerError::retry_after`](crate::HandlerError::retry_after)
     /// ([`WorkerConfig::max_retry_after`](crate::WorkerConfig::max_retry_after)).
     pub max_retry_after: std::time::Duration,
+    /// What error types mean, beyond what the handlers say ([`crate::ErrorPolicies`]).
+    pub error_policies: crate::ErrorPolicies,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -100,7 +102,10 @@ pub(crate) fn open(
     runtime: &Runtime,
     message: &InboundMessage,
 ) -> (Envelope, tracing::Span) {
-    let mut envelope = Envelope::open(message, spec.retry.max_attempts);
+    let ceiling = runtime
+        .error_policies
+        .attempt_ceiling(spec.retry.max_attempts);
+    let mut envelope = Envelope::open(message, ceiling);
     let span = runtime.spans.process(&ProcessSpan {
         handler: spec.name,
         event_id: envelope.event_id.as_deref().unwrap_or(""),

@@ -14,6 +14,7 @@ use crate::clock::{Clock, Jitter};
 use crate::config::{ConfigError, WorkerConfig};
 use crate::dead_letter::record::DeadLetterRecord;
 use crate::dedup::store::DedupStore;
+use crate::handler::policy::ErrorPolicies;
 use crate::handler::{Handler, HandlerSpec};
 use crate::message::inbound::{InboundMessage, Properties};
 use crate::migrations::MigrationError;
@@ -78,6 +79,7 @@ pub struct TestHarnessBuilder {
     seed: u64,
     start: Option<DateTime<Utc>>,
     give_back_limit: usize,
+    error_policies: ErrorPolicies,
 }
 
 impl std::fmt::Debug for TestHarnessBuilder {
@@ -103,6 +105,12 @@ impl TestHarnessBuilder {
     /// builder does.
     pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
         self.states.insert(value);
+        self
+    }
+
+    /// What error types mean ([`ErrorPolicies`]), as a worker's builder takes them.
+    pub fn error_policies(mut self, policies: ErrorPolicies) -> Self {
+        self.error_policies = policies;
         self
     }
 
@@ -194,6 +202,7 @@ impl TestHarnessBuilder {
             clock: clock.clone(),
             jitter: Jitter::seeded(self.seed),
             max_retry_after: self.config.max_retry_after,
+            error_policies: self.error_policies,
         };
         Ok(TestHarness {
             handlers,
@@ -263,6 +272,7 @@ impl TestHarness {
             seed: 0,
             start: None,
             give_back_limit: DEFAULT_GIVE_BACK_LIMIT,
+            error_policies: ErrorPolicies::default(),
         }
     }
 
