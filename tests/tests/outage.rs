@@ -287,3 +287,67 @@ async fn retry_after_waits_at_least_that_long_through_the_delay_queues_bounded_b
         "an hour is cut to WORKER_RETRY_AFTER_MAX (5 s here): {gap:.2} s"
     );
 }
+
+#[derive(serde::Deserialize)]
+struct Stuck {}
+
+/// A handler whose dependency never answers.
+#[handler(event = "Stuck", concurrency = 1)]
+async fn wait_for_a_hung_dependency(_event: Stuck) -> Result<(), HandlerError> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The value of the `/metrics` line that starts with `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_shows_as_growing_lag_seconds_while_the_depth_stays_flat() {
+    let mut env = TestEnv::new().await;
+    env.config.shutdown_timeout = Duration::from_millis(500);
+    let worker = worker_rabbitmq::Worker::builder()
+        .handler(wait_for_a_hung_dependency)
+        .settings(env.settings())
+        .start()
+        .await
+        .unwrap();
+    let addr = worker.metrics_addr().expect("metrics endpoint");
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for i in 0..4 {
+        let properties = lapin::BasicProperties::default()
+            .with_message_id(format!("evt_stuck_{i}").into())
+            .with_timestamp(sent);
+        env.publish("Stuck", b"{}", properties).await;
+    }
+    let name = "wait-for-a-hung-dependency";
+    let lag = format!("worker_lag_seconds{{handler=\"{name}\"}}");
+    let depth = format!("worker_queue_messages{{handler=\"{name}\",queue=\"work\"}}");
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let (_, metrics) = http_get(addr, "/metrics").await;
+        if let (Some(lag), Some(depth)) = (sample(&metrics, &lag), sample(&metrics, &depth)) {
+            seen.push((lag, depth));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    worker.shutdown().await.unwrap();
+    println!("(lag seconds, work queue depth) every 500 ms: {seen:?}");
+    let settled: Vec<_> = seen.iter().filter(|(_, depth)| *depth == 3.0).collect();
+    assert!(
+        settled.len() >= 6,
+        "one delivery hangs in the handler, three wait in the queue: {seen:?}"
+    );
+    let (first, last) = (settled[0].0, settled[settled.len() - 1].0);
+    assert!(
+        last > 4.0 && last > first + 2.0,
+        "the lag keeps growing past 4 s while the depth stays at 3: {seen:?}"
+    );
+}

@@ -313,6 +313,7 @@ pub mod shutdown {
 /// Metrics, health, the HTTP endpoint, logging and trace propagation.
 pub mod telemetry {
     pub use crate::telemetry::health::Health;
+    pub use crate::telemetry::lag::{Taken, Unsettled};
     pub use crate::telemetry::metrics::{Metrics, QueueKind};
     pub use crate::telemetry::propagation::traceparent;
     pub use crate::telemetry::{logging, server};

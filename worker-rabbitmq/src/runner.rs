@@ -20,7 +20,7 @@ use worker_core::transport::breaker::{Admission, Breaker, Verdict as BreakerVerd
 use worker_core::transport::pipeline::Disposition;
 use worker_core::transport::pipeline::Runtime;
 use worker_core::transport::registry::ErasedHandler;
-use worker_core::transport::telemetry::Health;
+use worker_core::transport::telemetry::{Health, Taken, Unsettled};
 use worker_core::Settlement;
 use worker_core::{ErrorKind, HandlerSpec, InboundMessage};
 
@@ -84,6 +84,8 @@ pub(crate) struct Runner {
     pub(crate) slots: Arc<Semaphore>,
     /// The handler's circuit breaker, shared by its consumers (see [`Runner::admit`]).
     pub(crate) breaker: Arc<Breaker>,
+    /// The handler's deliveries taken and not settled (see [`Runner::received`]).
+    pub(crate) unsettled: Arc<Unsettled>,
 }
 
 impl Runner {
@@ -310,9 +312,11 @@ impl Runner {
         }
     }
 
-    /// Tells the observer a delivery arrived.
-    pub(crate) fn received(&self, message: &InboundMessage) {
+    /// Tells the observer a delivery arrived; it counts for the handler's lag until the guard is
+    /// dropped (once it is settled).
+    pub(crate) fn received(&self, message: &InboundMessage) -> Taken {
         self.runtime.observer.received(self.spec.name, message);
+        self.unsettled.taken(message)
     }
 
     /// Tells the observer how a delivery ended (`duration`: the pipeline's time).

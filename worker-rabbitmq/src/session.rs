@@ -17,8 +17,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use worker_core::transport::breaker::Breaker;
 use worker_core::transport::pipeline::Runtime;
 use worker_core::transport::registry::ErasedHandler;
-use worker_core::transport::telemetry::Health;
 use worker_core::transport::telemetry::Metrics;
+use worker_core::transport::telemetry::{Health, Unsettled};
 use worker_core::{HandlerSpec, WorkerConfig};
 
 use crate::connection::{connect, on_error};
@@ -54,6 +54,8 @@ pub(crate) struct Served {
     pub(crate) spec: HandlerSpec,
     pub(crate) names: QueueNames,
     pub(crate) breaker: Arc<Breaker>,
+    /// Its deliveries taken and not settled (`worker_lag_seconds`).
+    pub(crate) unsettled: Arc<Unsettled>,
 }
 
 /// A connection, its consumers and its lag poller.
@@ -137,6 +139,7 @@ impl Blueprint {
             spec,
             names,
             breaker,
+            unsettled,
         } = served;
         let plan = Plan::new(source, &self.config, spec, names);
         let channel = connection
@@ -157,6 +160,7 @@ impl Blueprint {
             queue: plan.queue.clone(),
             slots: Arc::new(Semaphore::new(plan.slots)),
             breaker: Arc::clone(breaker),
+            unsettled: Arc::clone(unsettled),
         });
         consumers.spawn(async move {
             let result = consume::consume(runner, channel.clone(), plan).await;

@@ -14,8 +14,8 @@ use worker_core::transport::observer::Observers;
 use worker_core::transport::pipeline::{Clock, Jitter, Runtime, States};
 use worker_core::transport::registry::Registry;
 use worker_core::transport::telemetry::server::{self, Endpoint};
-use worker_core::transport::telemetry::Health;
 use worker_core::transport::telemetry::Metrics;
+use worker_core::transport::telemetry::{Health, Unsettled};
 use worker_core::{ErrorPolicies, ErrorPolicy, Handler, HandlerSpec, Observer, WorkerConfig};
 
 use crate::consume::{Plan, Source};
@@ -364,11 +364,14 @@ impl WorkerBuilder {
                     move |state| metrics.set_breaker_state(name, state)
                 }));
                 health.watch_breaker(Arc::clone(&breaker));
+                let unsettled = Unsettled::new(spec.name);
+                metrics.track_lag(Arc::clone(&unsettled));
                 Served {
                     handler,
                     spec,
                     names,
                     breaker,
+                    unsettled,
                 }
             })
             .collect();

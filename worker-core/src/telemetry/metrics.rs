@@ -83,6 +83,8 @@ pub struct Metrics {
     breaker: Family<HandlerLabels, Gauge>,
     ready: Gauge,
     outbox_pending: Gauge,
+    /// Each handler's unsettled deliveries, read into `lag` at each render.
+    unsettled: std::sync::Mutex<Vec<std::sync::Arc<crate::telemetry::lag::Unsettled>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -195,6 +197,7 @@ impl Metrics {
             breaker,
             ready,
             outbox_pending,
+            unsettled: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -231,8 +234,17 @@ impl Metrics {
             .set(i64::from(messages));
     }
 
+    /// Reports `worker_lag_seconds` of `unsettled`'s handler from its deliveries at each render.
+    pub fn track_lag(&self, unsettled: std::sync::Arc<crate::telemetry::lag::Unsettled>) {
+        self.set_lag_seconds(unsettled.handler(), 0.0);
+        self.unsettled.lock().expect("metrics lock").push(unsettled);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        for unsettled in self.unsettled.lock().expect("metrics lock").iter() {
+            self.set_lag_seconds(unsettled.handler(), unsettled.oldest_age_seconds());
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

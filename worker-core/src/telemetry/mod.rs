@@ -3,6 +3,7 @@
 //! ([`server`]), and the log and trace pipeline ([`logging`]).
 
 pub(crate) mod health;
+pub(crate) mod lag;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod propagation;

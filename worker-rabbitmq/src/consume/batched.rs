@@ -149,9 +149,7 @@ async fn handle(
         ackers.push(Acker::new(Arc::clone(&channel), delivery.delivery_tag));
         messages.push(super::work_message(delivery));
     }
-    for message in &messages {
-        runner.received(message);
-    }
+    let _taken: Vec<_> = messages.iter().map(|m| runner.received(m)).collect();
     let started = Instant::now();
     let dispositions = tokio::select! {
         biased;

@@ -253,7 +253,7 @@ async fn handle<S: Each>(
     slot: OwnedSemaphorePermit,
 ) {
     let _slot = slot;
-    runner.received(&message);
+    let _taken = runner.received(&message);
     let started = Instant::now();
     strategy.process(&runner, &message, &acker, started).await;
 }
