@@ -107,6 +107,16 @@ async fn outage(
         readiness.push(http_get(addr, "/readyz").await.1);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Still within the probe wait that follows the outage: the operator's view of the state.
+    let mut settings = env.settings();
+    settings.worker.metrics_addr = Some(addr);
+    let listed = worker_rabbitmq::Worker::builder()
+        .handler(charge_via_gateway)
+        .settings(settings)
+        .run_with_args(["worker", "handlers", "--json"])
+        .await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    readiness.push(listed.stdout);
     (env, worker, states, readiness)
 }
 
@@ -135,6 +145,13 @@ async fn an_outage_opens_the_breaker_and_no_event_is_dead_lettered() {
         "closed again after the recovery: {after}"
     );
     assert_eq!(ready_after, "ready\n", "nothing to report once closed");
+    let listed: serde_json::Value =
+        serde_json::from_str(readiness.last().expect("the handlers listing")).unwrap();
+    assert_eq!(
+        listed[0]["breaker"],
+        json!({"failures": 10, "probeMs": 2000, "maxProbeMs": 60000, "state": "open"}),
+        "`handlers` shows the breaker and its state"
+    );
     assert!(
         readiness
             .iter()

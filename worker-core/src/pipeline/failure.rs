@@ -77,7 +77,9 @@ pub(crate) fn after_failure(
             "retryable failure; scheduling a retry"
         ),
     }
-    let not_before = asked.map(|_| runtime.clock.now() + delay);
+    // Written to the millisecond, rounded up: the copy is never due before `delay` has passed.
+    let not_before =
+        asked.map(|_| runtime.clock.now() + delay + std::time::Duration::from_millis(1));
     let (message, span) = retry_copy(
         spec,
         runtime,
@@ -105,14 +107,14 @@ pub(crate) fn defer_if_early(
     message: &InboundMessage,
     envelope: &Envelope,
 ) -> Option<Disposition> {
-    /// Earlier than this is early; later is due (a TTL expires a few milliseconds either way).
-    const DUE_WITHIN: chrono::Duration = chrono::Duration::milliseconds(20);
     let not_before = envelope.retry.not_before?;
     let remaining = not_before - runtime.clock.now();
-    if spec.partition.is_some() || remaining <= DUE_WITHIN {
+    if spec.partition.is_some() || remaining <= chrono::Duration::zero() {
         return None;
     }
-    let delay = remaining.to_std().ok()?.min(runtime.max_retry_after);
+    // A millisecond more: TTLs are whole milliseconds, and a copy must never run early.
+    let delay = (remaining.to_std().ok()? + std::time::Duration::from_millis(1))
+        .min(runtime.max_retry_after);
     tracing::debug!(
         delay_ms = delay.as_millis() as u64,
         "retry copy early for the wait its handler asked for; parking it again"

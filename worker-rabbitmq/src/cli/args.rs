@@ -83,7 +83,8 @@ pub(crate) enum Command {
         after_help = "Examples:\n  {bin} run\n  {bin} run --demo     # also publish the demo burst once consuming"
     )]
     Run(RunArgs),
-    /// List the registered handlers: event type, queue, dedup, retry policy, concurrency.
+    /// List the registered handlers: event type, queue, dedup, retry policy, concurrency, circuit
+    /// breaker (and its state, read from the worker's /metrics at WORKER_METRICS_ADDR when one runs).
     #[command(after_help = "Examples:\n  {bin} handlers\n  {bin} handlers --json | jq '.[].name'")]
     Handlers(JsonArgs),
     /// Show the exchange, queues and bindings the worker declares.

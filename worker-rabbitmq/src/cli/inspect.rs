@@ -118,8 +118,67 @@ fn partitioned(spec: &worker_core::HandlerSpec) -> String {
     )
 }
 
+/// The circuit breaker settings in a word or two: `10 events`, `off`.
+fn breaker(spec: &worker_core::HandlerSpec) -> String {
+    if spec.breaker.enabled() {
+        format!("{} events", spec.breaker.failures)
+    } else {
+        "off".to_owned()
+    }
+}
+
+/// Each handler's breaker state as a running worker reports it on its `/metrics`
+/// (`WORKER_METRICS_ADDR`, an unspecified address read on loopback), or `None` when no worker
+/// answers there within half a second.
+async fn breaker_states(
+    config: &worker_core::WorkerConfig,
+) -> Option<std::collections::HashMap<String, &'static str>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = config.metrics_addr?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_millis(500), fetch)
+        .await
+        .ok()??;
+    let states = response
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("worker_breaker_state{handler=\"")?;
+            let (handler, value) = rest.split_once("\"} ")?;
+            let state = match value.trim() {
+                "0" => "closed",
+                "1" => "open",
+                "2" => "half-open",
+                _ => return None,
+            };
+            Some((handler.to_owned(), state))
+        })
+        .collect();
+    Some(states)
+}
+
 /// `handlers`.
-pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Result<u8, CliError> {
+pub(super) async fn handlers(
+    setup: &Setup,
+    json: bool,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let states = breaker_states(&setup.config).await;
+    let state_of = |name: &str| states.as_ref().and_then(|s| s.get(name).copied());
     if json {
         let list: Vec<_> = setup
             .specs
@@ -140,6 +199,12 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
                         "inPlace": s.partition.is_some(),
                     },
                     "concurrency": s.concurrency,
+                    "breaker": {
+                        "failures": s.breaker.failures,
+                        "probeMs": s.breaker.probe.as_millis() as u64,
+                        "maxProbeMs": s.breaker.max_probe.as_millis() as u64,
+                        "state": state_of(s.name),
+                    },
                     "partition": s.partition.map(|p| json!({
                         "key": p.key,
                         "header": PARTITION_KEY_HEADER,
@@ -173,6 +238,12 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
                 (duration(s.retry.jitter), Colour::Plain),
                 (s.concurrency.to_string(), Colour::Plain),
                 (partitioned(s), Colour::Plain),
+                (breaker(s), Colour::Plain),
+                match state_of(s.name) {
+                    Some("closed") => ("closed".to_owned(), Colour::Plain),
+                    Some(state) => (state.to_owned(), Colour::Red),
+                    None => ("-".to_owned(), Colour::Plain),
+                },
             ]
         })
         .collect();
@@ -188,6 +259,8 @@ pub(super) fn handlers(setup: &Setup, json: bool, console: &mut Console) -> Resu
             "JITTER",
             "CONCURRENCY",
             "PARTITIONED",
+            "BREAKER",
+            "STATE",
         ],
         &rows,
     );

@@ -199,7 +199,7 @@ async fn dispatch(
             let builder = builder.settings(setup.settings());
             inspect::run(builder, setup, args.demo, console).await
         }
-        Command::Handlers(args) => inspect::handlers(&setup, args.json, console),
+        Command::Handlers(args) => inspect::handlers(&setup, args.json, console).await,
         Command::Topology(args) => inspect::topology(&setup, args, console).await,
         Command::Demo(args) => inspect::demo(&setup, args.json, console).await,
         Command::Publish(args) => publish::run(&setup, args, console).await,
