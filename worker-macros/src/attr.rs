@@ -59,7 +59,7 @@ pub(crate) struct Args {
     pub(crate) partition_key: Option<Setting<String>>,
     /// How many partition queues, with its literal to point at it.
     pub(crate) partitions: Option<Setting<u32>>,
-    /// `breaker = off` (`Some(0)`) or `breaker = N`: retryable failures in a row that open it.
+    /// `breaker = off` (`Some(0)`) or `breaker = N`: different events failing in a row open it.
     pub(crate) breaker: Option<u32>,
     /// The keys written so far, valid or not.
     seen: Vec<&'static str>,
@@ -203,11 +203,11 @@ impl Args {
                 | Expr::Unary(_) => positive(
                     &value,
                     "breaker",
-                    "`breaker` counts retryable failures in a row, so it is at least 1; write `breaker = off` to turn it off",
+                    "`breaker` counts the different events failing in a row that open it, so it is at least 1; write `breaker = off` to turn it off",
                 ),
                 _ => Err(syn::Error::new_spanned(
                     &value,
-                    "`breaker` takes `off` or the retryable failures in a row that open it, e.g. `breaker = 10`",
+                    "`breaker` takes `off` or how many different events failing in a row open it, e.g. `breaker = 10`",
                 )),
             };
             self.set(key, "breaker", breaker, |args, v| args.breaker = Some(v));
@@ -439,8 +439,8 @@ mod tests {
                 "`event` cannot be empty: it is the routing key",
                 "`retry` counts all attempts, the first included, so it must be at least 1 (`retry = 1` means no retries)",
                 "`retry` set twice",
-                "unknown `#[handler]` key `foo`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions",
-                "unknown `#[handler]` key `bar`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions",
+                "unknown `#[handler]` key `foo`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker",
+                "unknown `#[handler]` key `bar`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker",
                 "`base` must be greater than zero",
                 "`jitter`: unknown duration unit `w` in `2w`; write a whole number and a unit (`ms`, `s`, `m`, `h` or `d`), e.g. `250ms`, `2s`, `5m`, `1h` or `7d`, or several from the largest unit down, e.g. `1h30m`",
             ]
@@ -468,6 +468,21 @@ mod tests {
         assert!(errors("base = 2s, cap = 2s").is_empty());
         assert!(syn::parse_str::<Args>("retry 3").is_err());
         assert!(syn::parse_str::<Args>("retry = 3 dedup").is_err());
+    }
+
+    #[test]
+    fn breaker() {
+        assert_eq!(parse(r#"event = "E", breaker = 5"#).breaker, Some(5));
+        assert_eq!(parse(r#"event = "E", breaker = off"#).breaker, Some(0));
+        assert_eq!(parse(r#"event = "E""#).breaker, None);
+        assert_eq!(
+            errors("breaker = 0"),
+            ["`breaker` counts the different events failing in a row that open it, so it is at least 1; write `breaker = off` to turn it off"]
+        );
+        assert_eq!(
+            errors("breaker = on"),
+            ["`breaker` takes `off` or how many different events failing in a row open it, e.g. `breaker = 10`"]
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ use proc_macro::TokenStream;
 ///   same in a string: a whole number and a unit (`ms`, `s`, `m`, `h` or `d`), several terms
 ///   from the largest unit down. It is the grammar of the `WORKER_RETRY_*` variables too
 ///   (the `worker-duration` crate); a value it rejects is an error at the literal.
+/// - `breaker = N` or `breaker = off`: the handler's circuit breaker opens when N different
+///   events failed with a retryable error in a row (default 10); while it is open, deliveries
+///   wait without running the handler or spending attempts, and one probe at a time checks
+///   whether the dependency is back. `WORKER_BREAKER_*` variables override it.
 ///
 /// Parameters are told apart by their form: the event is taken by value, the context as
 /// `&Context`, the dedup transaction as `&mut PgConnection`; declare them in any order. The

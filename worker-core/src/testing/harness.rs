@@ -406,7 +406,12 @@ impl TestHarness {
                 error,
                 ..
             } => {
-                let at = later(now, delay);
+                // A copy with a wait asked for is due at its not-before time (written rounded
+                // up to the millisecond), which the broker's delay queues never undercut.
+                let not_before =
+                    RetryState::read(&copy.properties.headers, crate::MOST_POLICY_ATTEMPTS)
+                        .not_before;
+                let at = later(now, delay).max(not_before.unwrap_or(DateTime::<Utc>::MIN_UTC));
                 let delivery = delivery_of(Outcome::RetryScheduled {
                     attempt: failures + 1,
                     at,

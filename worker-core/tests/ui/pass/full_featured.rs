@@ -20,6 +20,7 @@ pub struct OrderPlaced {
     base = 250ms,
     cap = "1m",
     jitter = 0s,
+    breaker = 5,
 )]
 pub async fn charge_on_order_placed(
     event: OrderPlaced,
@@ -44,7 +45,7 @@ struct OrderShipped {
 }
 
 /// Parameters in another order, a pattern, and the defaults of all but `event` and the backoff.
-#[handler(event = "OrderShipped", dedup, base = "1s", cap = 2m)]
+#[handler(event = "OrderShipped", dedup, base = "1s", cap = 2m, breaker = off)]
 async fn record_shipment(
     ctx: &Context,
     OrderShipped { order_id }: OrderShipped,
@@ -79,6 +80,8 @@ fn main() {
             jitter: Duration::ZERO,
         }
     );
+    assert_eq!(spec.breaker.failures, 5);
+    assert_eq!(spec.breaker.probe, worker_core::BreakerSettings::DEFAULT.probe);
 
     let spec = assert_handler(record_shipment).spec();
     assert_eq!(spec.name, "record-shipment");
@@ -92,6 +95,7 @@ fn main() {
             ..RetryPolicy::DEFAULT
         }
     );
+    assert!(!spec.breaker.enabled());
 
     // The unit struct is `Copy + Default + Debug`, and `handle` calls the function directly.
     let copy = charge_on_order_placed;
