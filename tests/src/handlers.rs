@@ -27,7 +27,8 @@ pub struct Scripted {
     pub fail_after_effect: bool,
 }
 
-async fn record_attempt(ctx: &Context) -> Result<(), HandlerError> {
+/// Records the attempt in `attempts`, outside the handler's transaction (failed attempts stay).
+pub async fn record_attempt(ctx: &Context) -> Result<(), HandlerError> {
     sqlx::query(
         "INSERT INTO attempts (event_id, handler, attempt, trace_id) VALUES ($1, $2, $3, $4)",
     )
@@ -109,7 +110,8 @@ pub async fn scripted(
     Ok(())
 }
 
-async fn insert_effect(tx: &mut PgConnection, ctx: &Context) -> Result<(), HandlerError> {
+/// Records the handler's effect in `effects`, inside its transaction.
+pub async fn insert_effect(tx: &mut PgConnection, ctx: &Context) -> Result<(), HandlerError> {
     sqlx::query("INSERT INTO effects (event_id, handler) VALUES ($1, $2)")
         .bind(ctx.event_id())
         .bind(ctx.handler())

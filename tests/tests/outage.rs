@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::PgConnection;
 use worker_core::{handler, Context, HandlerError, State};
+use worker_tests::handlers::{insert_effect, record_attempt};
 use worker_tests::{eventually, http_get, TestEnv};
 
 /// A payment gateway that answers 503 until `up_at`.
@@ -44,21 +45,9 @@ async fn charge_via_gateway(
     ctx: &Context,
     State(gateway): State<Gateway>,
 ) -> Result<(), HandlerError> {
-    sqlx::query(
-        "INSERT INTO attempts (event_id, handler, attempt, trace_id) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(ctx.event_id())
-    .bind(ctx.handler())
-    .bind(ctx.attempt() as i32)
-    .bind(ctx.trace_id())
-    .execute(ctx.pool())
-    .await?;
+    record_attempt(ctx).await?;
     gateway.charge()?;
-    sqlx::query("INSERT INTO effects (event_id, handler) VALUES ($1, $2)")
-        .bind(ctx.event_id())
-        .bind(ctx.handler())
-        .execute(&mut *tx)
-        .await?;
+    insert_effect(tx, ctx).await?;
     Ok(())
 }
 
@@ -225,24 +214,12 @@ async fn call_rate_limited_api(
     tx: &mut PgConnection,
     ctx: &Context,
 ) -> Result<(), HandlerError> {
-    sqlx::query(
-        "INSERT INTO attempts (event_id, handler, attempt, trace_id) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(ctx.event_id())
-    .bind(ctx.handler())
-    .bind(ctx.attempt() as i32)
-    .bind(ctx.trace_id())
-    .execute(ctx.pool())
-    .await?;
+    record_attempt(ctx).await?;
     if ctx.attempt() == 1 {
         return Err(HandlerError::retryable("RateLimited: the API answered 429")
             .retry_after(Duration::from_millis(event.retry_after_ms)));
     }
-    sqlx::query("INSERT INTO effects (event_id, handler) VALUES ($1, $2)")
-        .bind(ctx.event_id())
-        .bind(ctx.handler())
-        .execute(&mut *tx)
-        .await?;
+    insert_effect(tx, ctx).await?;
     Ok(())
 }
 

@@ -10,7 +10,10 @@ use worker_tests::{eventually, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_killed_half_way_loses_nothing() {
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
+    // Twelve events failing every attempt in a row is what an outage looks like: the circuit
+    // breaker would slow their way to the DLQ to one per probe. This test needs them there.
+    env.config.breaker.failures = Some(0);
     let worker = worker_rabbitmq::Worker::builder()
         .handler(scripted)
         .migrations(TestEnv::migrator())
