@@ -4,6 +4,7 @@
 
 pub mod broker_tls;
 pub mod handlers;
+pub mod otlp;
 pub mod partitioned;
 pub mod silent_proxy;
 
@@ -275,6 +276,19 @@ pub async fn wait_for_abort(child: &mut tokio::process::Child) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!status.success(), "the child aborted: {status:?}");
+}
+
+/// Asks a worker process to stop (SIGTERM) and waits for it; kills it if it does not stop
+/// within [`PATIENCE`].
+pub async fn stop_gracefully(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(PATIENCE, child.wait()).await.is_err() {
+        child.kill().await.expect("stop the child");
+    }
 }
 
 /// Polls `condition` every 50 ms until it holds; panics after [`PATIENCE`].

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use worker_core::ErrorKind;
-use worker_tests::{eventually, TestEnv, PATIENCE};
+use worker_tests::{eventually, stop_gracefully, TestEnv, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_crashes_the_worker_ends_in_the_dlq_with_the_reason() {
@@ -96,16 +96,4 @@ async fn a_message_that_crashes_the_worker_ends_in_the_dlq_with_the_reason() {
         env.depth(&queue).await == 0 && env.depth(&delivery_limit).await == 0
     })
     .await;
-}
-
-/// Asks the worker process to stop (SIGTERM) and waits for it; kills it if it does not stop.
-async fn stop_gracefully(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    if tokio::time::timeout(PATIENCE, child.wait()).await.is_err() {
-        child.kill().await.expect("stop the child");
-    }
 }

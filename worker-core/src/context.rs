@@ -19,6 +19,8 @@ pub struct Context {
     pub(crate) max_attempts: u32,
     pub(crate) first_failed_at: Option<DateTime<Utc>>,
     pub(crate) trace_id: String,
+    /// Whether the trace is sampled (the producer's W3C flag), for what the handler publishes.
+    pub(crate) trace_sampled: bool,
     pub(crate) correlation_id: Option<String>,
     pub(crate) redelivered: bool,
     pub(crate) headers: Headers,
@@ -138,6 +140,7 @@ impl Context {
                 max_attempts: 1,
                 first_failed_at: None,
                 trace_id: crate::trace_context::new_trace_id(),
+                trace_sampled: true,
                 correlation_id: None,
                 redelivered: false,
                 headers: Headers::new(),

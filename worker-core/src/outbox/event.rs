@@ -8,7 +8,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::context::Context;
 use crate::telemetry::propagation;
-use crate::trace_context::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use crate::trace_context::TRACEPARENT_HEADER;
 
 /// An event for [`Outbox::enqueue`](super::Outbox::enqueue): published by the relay to the
 /// events exchange with `event_type` as routing key, `event_id` as `message_id` and `payload` as
@@ -29,7 +29,8 @@ pub struct OutboxEvent {
     pub(crate) event_type: String,
     pub(crate) payload: serde_json::Value,
     pub(crate) headers: BTreeMap<String, String>,
-    pub(crate) trace_id: Option<String>,
+    /// The trace of [`caused_by`](Self::caused_by): its id and sampled flag.
+    pub(crate) trace_id: Option<(String, bool)>,
 }
 
 impl OutboxEvent {
@@ -70,7 +71,7 @@ impl OutboxEvent {
     /// the published event still joins `ctx`'s trace (with an OpenTelemetry layer installed the
     /// handler's span is used anyway).
     pub fn caused_by(mut self, ctx: &Context) -> Self {
-        self.trace_id = Some(ctx.trace_id().to_owned());
+        self.trace_id = Some((ctx.trace_id().to_owned(), ctx.trace_sampled));
         self
     }
 
@@ -79,8 +80,9 @@ impl OutboxEvent {
         &self.event_id
     }
 
-    /// The headers to store: the caller's, plus `traceparent`/`tracestate` of the current span
-    /// (or of the trace given by [`caused_by`](Self::caused_by)) unless the caller set them.
+    /// The headers to store: the caller's, plus `traceparent`, `tracestate` and `baggage` of the
+    /// current span (or of the trace given by [`caused_by`](Self::caused_by)) unless the caller
+    /// set `traceparent`, written by the W3C propagators.
     pub(crate) fn headers_with_trace(&self) -> BTreeMap<String, String> {
         let mut headers = self.headers.clone();
         if !headers.contains_key(TRACEPARENT_HEADER) {
@@ -88,20 +90,18 @@ impl OutboxEvent {
             let context = span.context();
             let otel_span = context.span();
             let span_context = otel_span.span_context();
-            let trace_id = if span_context.is_valid() {
-                let state = span_context.trace_state().header();
-                if !state.is_empty() {
-                    headers.entry(TRACESTATE_HEADER.to_owned()).or_insert(state);
-                }
-                Some(span_context.trace_id().to_string())
+            let trace = if span_context.is_valid() {
+                Some((
+                    span_context.trace_id().to_string(),
+                    span_context.is_sampled(),
+                ))
             } else {
                 self.trace_id.clone()
             };
-            if let Some(trace_id) = trace_id {
-                headers.insert(
-                    TRACEPARENT_HEADER.to_owned(),
-                    propagation::traceparent(&span, &trace_id),
-                );
+            if let Some((trace_id, sampled)) = trace {
+                propagation::inject_headers(&span, &trace_id, sampled, |key, value| {
+                    headers.entry(key.to_owned()).or_insert(value);
+                });
             }
         }
         headers
@@ -142,8 +142,15 @@ mod tests {
         let event = OutboxEvent::new("E", "a", serde_json::json!({}));
         assert!(!event.headers_with_trace().contains_key("traceparent"));
         let mut traced = event.clone();
-        traced.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        traced.trace_id = Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), true));
         let parent = traced.headers_with_trace()["traceparent"].clone();
         assert!(parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(parent.ends_with("-01"), "{parent}");
+        traced.trace_id = Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), false));
+        let unsampled = traced.headers_with_trace()["traceparent"].clone();
+        assert!(
+            unsampled.ends_with("-00"),
+            "an unsampled trace stays so: {unsampled}"
+        );
     }
 }

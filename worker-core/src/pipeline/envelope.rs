@@ -110,6 +110,7 @@ impl Envelope {
             max_attempts: spec.retry.max_attempts,
             first_failed_at: self.retry.first_failed_at,
             trace_id: self.trace.trace_id.clone(),
+            trace_sampled: self.trace.sampled(),
             correlation_id: self.correlation_id.clone(),
             redelivered: self.redelivered,
             headers: self.original_headers.clone(),

@@ -185,7 +185,7 @@ fn retry_copy(
         );
     }
     let span = publish_span(spec, runtime, PublishKind::Retry);
-    let traceparent = propagation::traceparent(&span, &envelope.trace.trace_id);
+    let traceparent = propagation::traceparent_in(&span, &envelope.trace);
     headers.insert(
         WORKER_TRACEPARENT_HEADER.into(),
         HeaderValue::string(traceparent),
@@ -265,7 +265,7 @@ pub(crate) fn dead_letter(
         HeaderValue::string(envelope.trace.trace_id.clone()),
     );
     let span = publish_span(spec, runtime, PublishKind::DeadLetter);
-    let traceparent = propagation::traceparent(&span, &envelope.trace.trace_id);
+    let traceparent = propagation::traceparent_in(&span, &envelope.trace);
     properties
         .headers
         .insert(TRACEPARENT_HEADER.into(), HeaderValue::string(traceparent));
