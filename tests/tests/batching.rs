@@ -88,6 +88,7 @@ async fn one_batch_settles_each_event_on_its_own() {
         jitter: worker_core::transport::pipeline::Jitter::random(),
         max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
         error_policies: Default::default(),
+        upcasters: Default::default(),
     };
     let spec = Handler::spec(&scripted);
     let batch = [

@@ -133,6 +133,7 @@ fn processing(c: &mut Criterion) {
         jitter: worker_core::transport::pipeline::Jitter::random(),
         max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
         error_policies: Default::default(),
+        upcasters: Default::default(),
     };
     let spec = noop.spec();
     let message = message();

@@ -56,6 +56,7 @@ mod state;
 mod telemetry;
 pub mod testing;
 mod trace_context;
+mod upcast;
 pub mod transport;
 mod versioning;
 
@@ -78,6 +79,7 @@ pub use outbox::{EnqueueError, Enqueued, Outbox, OutboxEvent, OutboxSettings, Re
 pub use partition::Partitioning;
 pub use retry::policy::RetryPolicy;
 pub use state::{State, StateType};
+pub use upcast::{Upcasters, VersionError, EVENT_VERSION_HEADER};
 pub use versioning::{apply_if_newer, Freshness};
 
 /// Marks an async function as an event handler. See the crate docs and `worker-macros`.

@@ -109,7 +109,7 @@ fn propagator() -> &'static TextMapCompositePropagator {
     })
 }
 
-/// AMQP headers as a W3C carrier; `traceparent` is read from the header named `traceparent`
+/// Message headers as a W3C carrier; `traceparent` is read from the header named `traceparent`
 /// (the worker's own parent header on a retry copy, else the producer's).
 struct HeaderCarrier<'a> {
     headers: &'a Headers,

@@ -22,11 +22,12 @@ mod kw {
     syn::custom_keyword!(partition_key);
     syn::custom_keyword!(partitions);
     syn::custom_keyword!(breaker);
+    syn::custom_keyword!(version);
 }
 
 /// The keys `#[handler]` understands, in the order the docs list them.
 const KEYS: &str =
-    "event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker";
+    "event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker, version";
 
 /// Most partitions a handler may declare (worker-core's `partition::MAX_PARTITIONS`).
 const MAX_PARTITIONS: u32 = 256;
@@ -61,6 +62,8 @@ pub(crate) struct Args {
     pub(crate) partitions: Option<Setting<u32>>,
     /// `breaker = off` (`Some(0)`) or `breaker = N`: different events failing in a row open it.
     pub(crate) breaker: Option<u32>,
+    /// `version = N`: the version of the event's shape the handler's type is.
+    pub(crate) version: Option<u32>,
     /// The keys written so far, valid or not.
     seen: Vec<&'static str>,
     /// What is wrong with the arguments, beyond syntax.
@@ -211,6 +214,14 @@ impl Args {
                 )),
             };
             self.set(key, "breaker", breaker, |args, v| args.breaker = Some(v));
+        } else if input.peek(kw::version) {
+            let (key, value) = key_value::<kw::version>(input, "version = 2")?;
+            let version = positive(
+                &value,
+                "version",
+                "`version` is the version of the event's shape the handler's type is; versions start at 1",
+            );
+            self.set(key, "version", version, |args, v| args.version = Some(v));
         } else {
             let key = input.call(Ident::parse_any)?;
             if input.peek(Token![=]) {
@@ -439,8 +450,8 @@ mod tests {
                 "`event` cannot be empty: it is the routing key",
                 "`retry` counts all attempts, the first included, so it must be at least 1 (`retry = 1` means no retries)",
                 "`retry` set twice",
-                "unknown `#[handler]` key `foo`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker",
-                "unknown `#[handler]` key `bar`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker",
+                "unknown `#[handler]` key `foo`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker, version",
+                "unknown `#[handler]` key `bar`; expected one of: event, dedup, retry, name, concurrency, base, cap, jitter, partition_key, partitions, breaker, version",
                 "`base` must be greater than zero",
                 "`jitter`: unknown duration unit `w` in `2w`; write a whole number and a unit (`ms`, `s`, `m`, `h` or `d`), e.g. `250ms`, `2s`, `5m`, `1h` or `7d`, or several from the largest unit down, e.g. `1h30m`",
             ]
@@ -468,6 +479,16 @@ mod tests {
         assert!(errors("base = 2s, cap = 2s").is_empty());
         assert!(syn::parse_str::<Args>("retry 3").is_err());
         assert!(syn::parse_str::<Args>("retry = 3 dedup").is_err());
+    }
+
+    #[test]
+    fn version() {
+        assert_eq!(parse(r#"event = "E", version = 3"#).version, Some(3));
+        assert_eq!(parse(r#"event = "E""#).version, None);
+        assert_eq!(
+            errors("version = 0"),
+            ["`version` is the version of the event's shape the handler's type is; versions start at 1"]
+        );
     }
 
     #[test]

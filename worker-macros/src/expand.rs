@@ -341,6 +341,7 @@ fn spec(args: &Args, name: &str) -> TokenStream {
             ..#private::BreakerSettings::DEFAULT
         }),
     };
+    let version = args.version.unwrap_or(1);
     quote! {
         #bounds
         #private::HandlerSpec {
@@ -351,6 +352,7 @@ fn spec(args: &Args, name: &str) -> TokenStream {
             concurrency: #concurrency,
             partition: #partition,
             breaker: #breaker,
+            version: #version,
         }
     }
 }

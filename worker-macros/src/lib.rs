@@ -35,6 +35,9 @@ use proc_macro::TokenStream;
 ///   events failed with a retryable error in a row (default 10); while it is open, deliveries
 ///   wait without running the handler or spending attempts, and one probe at a time checks
 ///   whether the dependency is back. `WORKER_BREAKER_*` variables override it.
+/// - `version = N`: the version of the event's shape the event type is (default 1). Producers
+///   send `x-event-version`; older events are brought to N by the upcasters registered with
+///   `WorkerBuilder::upcast`, newer ones are dead-lettered as poison saying so.
 ///
 /// Parameters are told apart by their form: the event is taken by value, the context as
 /// `&Context`, the dedup transaction as `&mut PgConnection`; declare them in any order. The

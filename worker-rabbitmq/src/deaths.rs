@@ -174,6 +174,7 @@ mod tests {
             jitter: worker_core::transport::pipeline::Jitter::random(),
             max_retry_after: worker_core::transport::config::DEFAULT_MAX_RETRY_AFTER,
             error_policies: Default::default(),
+            upcasters: Default::default(),
         };
         let mut message = InboundMessage {
             routing_key: "h.delivery-limit".into(),

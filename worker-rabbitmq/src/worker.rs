@@ -16,7 +16,9 @@ use worker_core::transport::registry::Registry;
 use worker_core::transport::telemetry::server::{self, Endpoint};
 use worker_core::transport::telemetry::Metrics;
 use worker_core::transport::telemetry::{Health, Unsettled};
-use worker_core::{ErrorPolicies, ErrorPolicy, Handler, HandlerSpec, Observer, WorkerConfig};
+use worker_core::{
+    ErrorPolicies, ErrorPolicy, Handler, HandlerSpec, Observer, Upcasters, WorkerConfig,
+};
 
 use crate::consume::{Plan, Source};
 use crate::error::WorkerError;
@@ -44,6 +46,7 @@ impl Worker {
             outbox: None,
             states: States::new(),
             error_policies: ErrorPolicies::new(),
+            upcasters: Upcasters::new(),
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct WorkerBuilder {
     states: States,
     /// What error types mean ([`ErrorPolicies`]).
     error_policies: ErrorPolicies,
+    /// How older event versions become the handlers' ([`Upcasters`]).
+    upcasters: Upcasters,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -136,7 +141,8 @@ impl WorkerBuilder {
     /// ```
     pub fn test_harness(self) -> crate::testing::TestHarnessBuilder {
         let harness = crate::testing::TestHarness::builder_from(self.registry, self.states)
-            .error_policies(self.error_policies);
+            .error_policies(self.error_policies)
+            .upcasters(self.upcasters);
         match self.settings {
             Some(settings) => harness.config(settings.worker),
             None => harness,
@@ -185,6 +191,36 @@ impl WorkerBuilder {
         classify: impl Fn(&E) -> Option<ErrorPolicy> + Send + Sync + 'static,
     ) -> Self {
         self.error_policies = self.error_policies.for_handler(handler, classify);
+        self
+    }
+
+    /// Registers the upcaster that turns version `from` of `event_type` into version `from + 1`
+    /// (see [`Upcasters`]): a handler declared with `#[handler(event = ..., version = N)]` gets
+    /// older events brought to version N through the chain of steps before they are decoded.
+    /// An `Err` from a step, a missing step, or an event newer than N is dead-lettered as poison
+    /// with a reason that says which.
+    ///
+    /// ```
+    /// use serde_json::{json, Value};
+    /// use worker_rabbitmq::Worker;
+    ///
+    /// let worker = Worker::builder()
+    ///     .upcast("OrderPlaced", 1, |mut v: Value| {
+    ///         v["currency"] = json!("EUR");
+    ///         Ok::<_, std::convert::Infallible>(v)
+    ///     });
+    /// # drop(worker);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If a step from `from` is already registered for `event_type`, or `from` is 0.
+    pub fn upcast<F, E>(mut self, event_type: &str, from: u32, step: F) -> Self
+    where
+        F: Fn(serde_json::Value) -> Result<serde_json::Value, E> + Send + Sync + 'static,
+        E: std::fmt::Display,
+    {
+        self.upcasters = self.upcasters.upcast(event_type, from, step);
         self
     }
 
@@ -340,6 +376,7 @@ impl WorkerBuilder {
             jitter: Jitter::random(),
             max_retry_after: config.max_retry_after,
             error_policies: self.error_policies,
+            upcasters: self.upcasters,
             observer: Arc::new(Observers(
                 std::iter::once(Arc::clone(&metrics) as Arc<dyn Observer>)
                     .chain(self.observers)

@@ -44,6 +44,10 @@ pub struct HandlerSpec {
     /// When the handler stops taking deliveries because its dependencies fail (see
     /// [`BreakerSettings`](crate::BreakerSettings)).
     pub breaker: crate::breaker::BreakerSettings,
+    /// The version of the event's shape the handler's event type is (`#[handler(version = N)]`,
+    /// default 1): older events are upcast to it, newer ones are poison (see
+    /// [`Upcasters`](crate::Upcasters)).
+    pub version: u32,
 }
 
 impl HandlerSpec {
@@ -58,6 +62,7 @@ impl HandlerSpec {
             concurrency: DEFAULT_CONCURRENCY,
             partition: None,
             breaker: crate::breaker::BreakerSettings::DEFAULT,
+            version: crate::upcast::FIRST_VERSION,
         }
     }
 

@@ -19,7 +19,8 @@ use crate::trace_context::TRACEPARENT_HEADER;
 ///
 /// let event = OutboxEvent::new("OrderPaid", "ord_91", serde_json::json!({"orderId": "ord_91"}))
 ///     .event_id("evt_paid_ord_91")
-///     .header("tenant", "acme");
+///     .header("tenant", "acme")
+///     .version(2);
 /// assert_eq!(event.id(), "evt_paid_ord_91");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +60,12 @@ impl OutboxEvent {
     pub fn event_id(mut self, id: impl Into<String>) -> Self {
         self.event_id = id.into();
         self
+    }
+
+    /// Stamps the version of the event's shape (`x-event-version`, see
+    /// [`Upcasters`](crate::Upcasters)); without it consumers read the event as version 1.
+    pub fn version(self, version: u32) -> Self {
+        self.header(crate::EVENT_VERSION_HEADER, version.to_string())
     }
 
     /// Adds a string header to the published message.

@@ -96,8 +96,25 @@ async fn one_by_one<H: Handler>(
     for member in members.iter_mut() {
         let event = match member.event.take() {
             Some(event) => event,
-            None => decode::payload(&messages[member.index].body, &member.envelope.event_type)
-                .expect("the payload decoded a moment ago"),
+            None => {
+                let message = &messages[member.index];
+                match decode::event(
+                    &message.body,
+                    &message.properties.headers,
+                    &member.envelope.event_type,
+                    spec.version,
+                    &runtime.upcasters,
+                ) {
+                    Ok(event) => event,
+                    // It decoded a moment ago; only an upcaster that changed its mind gets here.
+                    Err(problem) => {
+                        outcomes.push(Outcome::Failed(crate::HandlerError::poison(
+                            problem.to_string(),
+                        )));
+                        continue;
+                    }
+                }
+            }
         };
         let outcome = transaction::run(handler, spec, runtime, event, &member.ctx)
             .instrument(member.span.clone())

@@ -3,6 +3,9 @@
 
 use serde::de::DeserializeOwned;
 
+use crate::message::headers::Headers;
+use crate::upcast::{self, Upcasters, VersionError};
+
 /// Why a payload did not decode.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -24,6 +27,59 @@ pub enum DecodeError {
         /// What was wrong there.
         source: serde_json::Error,
     },
+    /// An older version, upcast, is still not the shape the handler's type expects.
+    #[error(
+        "payload of {event_type}, upcast from version {from} to {to}, does not match the \
+         handler's type at `{path}`: {source}"
+    )]
+    WrongShapeAfterUpcast {
+        /// The event type.
+        event_type: String,
+        /// The version the event carried.
+        from: u32,
+        /// The handler's version.
+        to: u32,
+        /// Where in the upcast payload.
+        path: String,
+        /// What was wrong there.
+        source: serde_json::Error,
+    },
+    /// The event's version cannot be brought to the handler's.
+    #[error(transparent)]
+    Version(#[from] VersionError),
+}
+
+/// Decodes an event for a handler whose event type is at version `known`: the body as it is when
+/// the event declares that version (the usual case, no detour through a JSON tree), else through
+/// the registered `upcasters` first. A newer version than `known` is an error.
+pub(crate) fn event<T: DeserializeOwned>(
+    body: &[u8],
+    headers: &Headers,
+    event_type: &str,
+    known: u32,
+    upcasters: &Upcasters,
+) -> Result<T, DecodeError> {
+    let version = upcast::version_of(headers, event_type)?;
+    if version == known {
+        return payload(body, event_type);
+    }
+    if version > known {
+        return Err(VersionError::Newer {
+            event_type: event_type.to_owned(),
+            version,
+            known,
+        }
+        .into());
+    }
+    let old: serde_json::Value = payload(body, event_type)?;
+    let current = upcasters.apply(event_type, version, known, old)?;
+    serde_path_to_error::deserialize(current).map_err(|error| DecodeError::WrongShapeAfterUpcast {
+        event_type: event_type.to_owned(),
+        from: version,
+        to: known,
+        path: error.path().to_string(),
+        source: error.into_inner(),
+    })
 }
 
 /// Decodes `body` as JSON into `T`. Unknown fields are ignored unless `T` forbids them.

@@ -116,6 +116,7 @@ mod tests {
             jitter: crate::transport::pipeline::Jitter::random(),
             max_retry_after: crate::config::DEFAULT_MAX_RETRY_AFTER,
             error_policies: Default::default(),
+            upcasters: Default::default(),
         };
         let spec = HandlerSpec::new("h", "OrderPlaced");
         let mut message = InboundMessage {

@@ -61,6 +61,8 @@ pub struct Runtime {
     pub max_retry_after: std::time::Duration,
     /// What error types mean, beyond what the handlers say ([`crate::ErrorPolicies`]).
     pub error_policies: crate::ErrorPolicies,
+    /// How older versions of events become the versions handlers know ([`crate::Upcasters`]).
+    pub upcasters: crate::Upcasters,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -187,7 +189,13 @@ pub(crate) fn prepare<H: Handler>(
     if let Some(deferred) = failure::defer_if_early(spec, runtime, message, envelope) {
         return Prepared::Settled(Box::new(deferred));
     }
-    let event: H::Event = match decode::payload(&message.body, &envelope.event_type) {
+    let event: H::Event = match decode::event(
+        &message.body,
+        &message.properties.headers,
+        &envelope.event_type,
+        spec.version,
+        &runtime.upcasters,
+    ) {
         Ok(event) => event,
         Err(problem) => return poison(&problem.to_string()),
     };

@@ -19,6 +19,7 @@ use crate::handler::{Handler, HandlerSpec};
 use crate::message::inbound::{InboundMessage, Properties};
 use crate::migrations::MigrationError;
 use crate::observer::NoopObserver;
+use crate::upcast::Upcasters;
 use crate::outbox::table::{OutboxRow, OutboxTable};
 use crate::pipeline::disposition::Disposition;
 use crate::pipeline::Runtime;
@@ -80,6 +81,7 @@ pub struct TestHarnessBuilder {
     start: Option<DateTime<Utc>>,
     give_back_limit: usize,
     error_policies: ErrorPolicies,
+    upcasters: Upcasters,
 }
 
 impl std::fmt::Debug for TestHarnessBuilder {
@@ -111,6 +113,13 @@ impl TestHarnessBuilder {
     /// What error types mean ([`ErrorPolicies`]), as a worker's builder takes them.
     pub fn error_policies(mut self, policies: ErrorPolicies) -> Self {
         self.error_policies = policies;
+        self
+    }
+
+    /// How older versions of events become the versions handlers know ([`Upcasters`]), as a
+    /// worker's builder takes them.
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
         self
     }
 
@@ -203,6 +212,7 @@ impl TestHarnessBuilder {
             jitter: Jitter::seeded(self.seed),
             max_retry_after: self.config.max_retry_after,
             error_policies: self.error_policies,
+            upcasters: self.upcasters,
         };
         Ok(TestHarness {
             handlers,
@@ -273,6 +283,7 @@ impl TestHarness {
             start: None,
             give_back_limit: DEFAULT_GIVE_BACK_LIMIT,
             error_policies: ErrorPolicies::default(),
+            upcasters: Upcasters::default(),
         }
     }
 

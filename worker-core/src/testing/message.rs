@@ -69,6 +69,12 @@ impl TestMessage {
         self
     }
 
+    /// Sets the `x-event-version` header: the version of the event's shape (see
+    /// [`Upcasters`](crate::Upcasters)); without it an event is version 1.
+    pub fn version(self, version: u32) -> Self {
+        self.header(crate::EVENT_VERSION_HEADER, i64::from(version))
+    }
+
     /// Sets the `x-partition-key` header a partitioned handler is routed by (the outbox relay
     /// sets it to the aggregate id).
     pub fn partition_key(self, key: impl Into<String>) -> Self {

@@ -21,6 +21,7 @@ pub struct OrderPlaced {
     cap = "1m",
     jitter = 0s,
     breaker = 5,
+    version = 3,
 )]
 pub async fn charge_on_order_placed(
     event: OrderPlaced,
@@ -82,6 +83,7 @@ fn main() {
     );
     assert_eq!(spec.breaker.failures, 5);
     assert_eq!(spec.breaker.probe, worker_core::BreakerSettings::DEFAULT.probe);
+    assert_eq!(spec.version, 3);
 
     let spec = assert_handler(record_shipment).spec();
     assert_eq!(spec.name, "record-shipment");
@@ -96,6 +98,7 @@ fn main() {
         }
     );
     assert!(!spec.breaker.enabled());
+    assert_eq!(spec.version, 1, "version 1 unless declared");
 
     // The unit struct is `Copy + Default + Debug`, and `handle` calls the function directly.
     let copy = charge_on_order_placed;
