@@ -56,8 +56,8 @@ mod state;
 mod telemetry;
 pub mod testing;
 mod trace_context;
-mod upcast;
 pub mod transport;
+mod upcast;
 mod versioning;
 
 #[cfg(test)]

@@ -239,6 +239,7 @@ pub mod dead_letter {
     pub use crate::dead_letter::record::{
         format_time, BodyEncoding, FailureMetadata, OriginalMessage,
     };
+    pub use crate::dead_letter::store::{DeadLetterStore, StoredDeadLetter};
 }
 
 /// The dedup store and the schema names it is kept in.

@@ -19,7 +19,6 @@ use crate::handler::{Handler, HandlerSpec};
 use crate::message::inbound::{InboundMessage, Properties};
 use crate::migrations::MigrationError;
 use crate::observer::NoopObserver;
-use crate::upcast::Upcasters;
 use crate::outbox::table::{OutboxRow, OutboxTable};
 use crate::pipeline::disposition::Disposition;
 use crate::pipeline::Runtime;
@@ -27,6 +26,7 @@ use crate::registry::{ErasedHandler, Registry, RegistryError};
 use crate::retry::attempts::RetryState;
 use crate::state::States;
 use crate::transport::CoreSpans;
+use crate::upcast::Upcasters;
 
 /// How long a given-back delivery waits before it is delivered again (the pause a transport
 /// takes before it gives a delivery back, so that an outage is no hot loop).

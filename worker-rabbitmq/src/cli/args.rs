@@ -193,6 +193,18 @@ pub(crate) enum DlqCommand {
         after_help = "Examples:\n  {bin} dlq purge evt_8f3a             # shows what would go\n  {bin} dlq purge evt_8f3a --yes\n  {bin} dlq purge --error-kind poison --since 7d --yes"
     )]
     Purge(PurgeArgs),
+    /// Move every handler's dead letters into the dead-letter store, the `dead_letters` table of
+    /// the worker's schema (created if missing), acking each batch only after it is stored. Runs
+    /// until stopped (SIGTERM, Ctrl-C) or, with --until-empty, until the queues stay empty.
+    #[command(after_help = "Examples:\n  {bin} dlq ingest\n  {bin} dlq ingest --until-empty")]
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// Stop once no dead letter arrived for a second on any queue.
+    #[arg(long)]
+    pub(crate) until_empty: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

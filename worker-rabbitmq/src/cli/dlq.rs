@@ -10,7 +10,9 @@ use serde_json::json;
 use worker_core::transport::dead_letter::format_time;
 use worker_core::{DeadLetterRecord, ErrorKind};
 
-use super::args::{DlqCommand, FilterArgs, ListArgs, PurgeArgs, ReplayArgs, ShowArgs, StatsArgs};
+use super::args::{
+    DlqCommand, FilterArgs, IngestArgs, ListArgs, PurgeArgs, ReplayArgs, ShowArgs, StatsArgs,
+};
 use super::format::{ago, Colour, Console};
 use super::inspect::{declare, open};
 use super::{CliError, Setup};
@@ -30,6 +32,7 @@ pub(super) async fn run(
         DlqCommand::Stats(args) => stats(setup, &connection, args, console).await,
         DlqCommand::Replay(args) => replay(setup, &connection, args, console).await,
         DlqCommand::Purge(args) => purge(setup, &connection, args, console).await,
+        DlqCommand::Ingest(args) => ingest(setup, &connection, args, console).await,
     };
     // Closing the connection gives back anything still held, whatever happened above.
     let _ = connection.close(200, "dlq command done".into()).await;
@@ -693,4 +696,46 @@ async fn purge(
         Some(error) => Err(error.into()),
         None => Ok(0),
     }
+}
+
+async fn ingest(
+    setup: &Setup,
+    connection: &Connection,
+    args: IngestArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let pool = crate::database::connect(&setup.config, 2).await?;
+    let store =
+        worker_core::transport::dead_letter::DeadLetterStore::new(setup.config.db_schema.clone());
+    store
+        .migrate(&pool)
+        .await
+        .map_err(|e| crate::error::WorkerError::Migration(e.to_string()))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let idle = args.until_empty.then_some(Duration::from_secs(1));
+    let queues: Vec<(&str, String)> = setup
+        .specs
+        .iter()
+        .map(|spec| (spec.name, QueueNames::new(&setup.broker, spec.name).dlq))
+        .collect();
+    let work = futures::future::join_all(queues.iter().map(|(handler, queue)| {
+        crate::dlq::ingest::ingest_queue(connection, &pool, &store, handler, queue, &stop, idle)
+    }));
+    tokio::pin!(work);
+    let results = tokio::select! {
+        results = &mut work => results,
+        _ = worker_core::transport::shutdown::signal() => {
+            stop.cancel();
+            work.await
+        }
+    };
+    let mut stored = 0;
+    for result in results {
+        stored += result?;
+    }
+    console.line(format!(
+        "stored {stored} dead letter(s) in {}.dead_letters",
+        setup.config.db_schema
+    ));
+    Ok(0)
 }

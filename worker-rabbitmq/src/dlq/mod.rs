@@ -11,6 +11,7 @@
 pub mod browse;
 pub mod filter;
 pub mod fingerprint;
+pub mod ingest;
 pub mod replay;
 
 pub use browse::{Entry, HeldQueue};

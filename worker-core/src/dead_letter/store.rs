@@ -1,0 +1,254 @@
+//! The dead-letter store (`docs/contracts.md` §10): dead-letter records moved out of the
+//! dead-letter queues into a Postgres table with indexed columns, so operators' questions are
+//! index lookups instead of scans of a queue.
+//!
+//! ```sql
+//! CREATE TABLE <schema>.dead_letters (
+//!   id               BIGSERIAL   PRIMARY KEY,
+//!   record_key       TEXT        NOT NULL UNIQUE,  -- sha256 of queue, properties and body:
+//!                                                  -- a redelivered message is stored once
+//!   queue            TEXT        NOT NULL,         -- the dead-letter queue it came from
+//!   handler          TEXT        NOT NULL,
+//!   event_id         TEXT,                         -- NULL when the producer set none
+//!   event_type       TEXT,
+//!   trace_id         TEXT,
+//!   error_kind       TEXT,                         -- NULL for an unparsed message
+//!   fingerprint      TEXT,                         -- computed once, at ingest
+//!   attempts         INT,
+//!   first_failed_at  TIMESTAMPTZ,
+//!   last_failed_at   TIMESTAMPTZ,
+//!   dead_lettered_at TIMESTAMPTZ NOT NULL,         -- the last failure, else the ingest time
+//!   ingested_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+//!   status           TEXT        NOT NULL DEFAULT 'pending',  -- pending | replayed | purged
+//!   replayed_at      TIMESTAMPTZ,
+//!   record           JSONB,                        -- the §5 record (its original body is
+//!                                                  -- lossless inside); NULL when unparsed
+//!   parse_error      TEXT,                         -- why the body is not a §5 record
+//!   raw_body         BYTEA,                        -- that body, byte for byte
+//!   properties       JSONB       NOT NULL          -- the DLQ message's properties, typed
+//! );
+//! ```
+//!
+//! with indexes for the questions asked at 3 am: by handler and time, by event id, by trace id
+//! prefix, by fingerprint, by status and time.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::record::DeadLetterRecord;
+use crate::dedup::identifier::Identifier;
+use crate::message::inbound::Properties;
+use crate::migrations::{Component, Migration, MigrationError};
+
+/// The `dead_letters` table's versions.
+pub(crate) const COMPONENT: Component = Component {
+    name: "dead_letters",
+    migrations: &[Migration {
+        version: 1,
+        description: "dead_letters table and its indexes",
+        sql: "CREATE TABLE {schema}.dead_letters (
+                  id               BIGSERIAL   PRIMARY KEY,
+                  record_key       TEXT        NOT NULL UNIQUE,
+                  queue            TEXT        NOT NULL,
+                  handler          TEXT        NOT NULL,
+                  event_id         TEXT,
+                  event_type       TEXT,
+                  trace_id         TEXT,
+                  error_kind       TEXT,
+                  fingerprint      TEXT,
+                  attempts         INT,
+                  first_failed_at  TIMESTAMPTZ,
+                  last_failed_at   TIMESTAMPTZ,
+                  dead_lettered_at TIMESTAMPTZ NOT NULL,
+                  ingested_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+                  status           TEXT        NOT NULL DEFAULT 'pending'
+                                   CHECK (status IN ('pending', 'replayed', 'purged')),
+                  replayed_at      TIMESTAMPTZ,
+                  record           JSONB,
+                  parse_error      TEXT,
+                  raw_body         BYTEA,
+                  properties       JSONB       NOT NULL,
+                  CHECK ((record IS NULL) = (raw_body IS NOT NULL))
+              );
+              CREATE INDEX dead_letters_handler_idx
+                  ON {schema}.dead_letters (handler, status, dead_lettered_at);
+              CREATE INDEX dead_letters_event_id_idx ON {schema}.dead_letters (event_id);
+              CREATE INDEX dead_letters_trace_id_idx
+                  ON {schema}.dead_letters (trace_id text_pattern_ops);
+              CREATE INDEX dead_letters_fingerprint_idx
+                  ON {schema}.dead_letters (fingerprint, status, dead_lettered_at);
+              CREATE INDEX dead_letters_status_idx
+                  ON {schema}.dead_letters (status, dead_lettered_at);",
+    }],
+};
+
+/// One message of a dead-letter queue, ready to be stored: a §5 record, or whatever else
+/// someone published into the queue (kept byte for byte, with why it is not a record).
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    /// The dead-letter queue it came from.
+    pub queue: String,
+    /// The handler whose queue it is.
+    pub handler: String,
+    /// The message's body, exactly as it was in the queue.
+    pub body: Vec<u8>,
+    /// The message's properties.
+    pub properties: Properties,
+    /// The parsed record, or why the body is not one.
+    pub record: Result<DeadLetterRecord, String>,
+    /// The failure group of the record (its error kind and the first line of its last error,
+    /// numbers and ids masked), `None` when unparsed.
+    pub fingerprint: Option<String>,
+}
+
+impl StoredDeadLetter {
+    /// The idempotency key: SHA-256 of the queue, the properties and the body. A message
+    /// redelivered after a crash has the same key and is stored once; two dead letters of one
+    /// event differ in their timestamps, so both are kept.
+    pub fn key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.queue.as_bytes());
+        hash.update([0]);
+        hash.update(serde_json::to_vec(&self.properties).unwrap_or_default());
+        hash.update([0]);
+        hash.update(&self.body);
+        crate::trace_context::hex(&hash.finalize())
+    }
+}
+
+/// The `dead_letters` table of one schema.
+#[derive(Debug, Clone)]
+pub struct DeadLetterStore {
+    schema: Identifier,
+    insert_sql: String,
+}
+
+impl DeadLetterStore {
+    /// The store in `schema`.
+    pub fn new(schema: Identifier) -> Self {
+        let table = format!("{}.dead_letters", schema.quoted());
+        let insert_sql = format!(
+            "INSERT INTO {table} (record_key, queue, handler, event_id, event_type, trace_id, \
+             error_kind, fingerprint, attempts, first_failed_at, last_failed_at, \
+             dead_lettered_at, record, parse_error, raw_body, properties) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::int[], $10::timestamptz[], \
+             $11::timestamptz[], $12::timestamptz[], $13::jsonb[], $14::text[], $15::bytea[], \
+             $16::jsonb[]) \
+             ON CONFLICT (record_key) DO NOTHING"
+        );
+        Self { schema, insert_sql }
+    }
+
+    /// The schema the table lives in.
+    pub fn schema(&self) -> &Identifier {
+        &self.schema
+    }
+
+    /// Creates or upgrades the table.
+    pub async fn migrate(&self, pool: &PgPool) -> Result<(), MigrationError> {
+        crate::migrations::run(pool, &self.schema, &[&COMPONENT])
+            .await
+            .map(drop)
+    }
+
+    /// Stores `letters` in one statement (atomic: all or none); a letter stored before (same
+    /// [`key`](StoredDeadLetter::key)) is skipped. Returns how many were new.
+    pub async fn insert(
+        &self,
+        pool: &PgPool,
+        letters: &[StoredDeadLetter],
+        now: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut columns = Columns::default();
+        for letter in letters {
+            columns.push(letter, now);
+        }
+        let done = sqlx::query(&self.insert_sql)
+            .bind(columns.key)
+            .bind(columns.queue)
+            .bind(columns.handler)
+            .bind(columns.event_id)
+            .bind(columns.event_type)
+            .bind(columns.trace_id)
+            .bind(columns.error_kind)
+            .bind(columns.fingerprint)
+            .bind(columns.attempts)
+            .bind(columns.first_failed_at)
+            .bind(columns.last_failed_at)
+            .bind(columns.dead_lettered_at)
+            .bind(columns.record)
+            .bind(columns.parse_error)
+            .bind(columns.raw_body)
+            .bind(columns.properties)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// The insert's parameters, one array per column.
+#[derive(Default)]
+struct Columns {
+    key: Vec<String>,
+    queue: Vec<String>,
+    handler: Vec<String>,
+    event_id: Vec<Option<String>>,
+    event_type: Vec<Option<String>>,
+    trace_id: Vec<Option<String>>,
+    error_kind: Vec<Option<String>>,
+    fingerprint: Vec<Option<String>>,
+    attempts: Vec<Option<i32>>,
+    first_failed_at: Vec<Option<DateTime<Utc>>>,
+    last_failed_at: Vec<Option<DateTime<Utc>>>,
+    dead_lettered_at: Vec<DateTime<Utc>>,
+    record: Vec<Option<serde_json::Value>>,
+    parse_error: Vec<Option<String>>,
+    raw_body: Vec<Option<Vec<u8>>>,
+    properties: Vec<serde_json::Value>,
+}
+
+impl Columns {
+    fn push(&mut self, letter: &StoredDeadLetter, now: DateTime<Utc>) {
+        self.key.push(letter.key());
+        self.queue.push(letter.queue.clone());
+        self.handler.push(letter.handler.clone());
+        match &letter.record {
+            Ok(record) => {
+                let meta = &record.failure_metadata;
+                self.event_id.push(record.original_message.id.clone());
+                self.event_type
+                    .push(Some(record.original_message.kind.clone()));
+                self.trace_id.push(Some(meta.trace_id.clone()));
+                self.error_kind
+                    .push(Some(meta.error_kind.as_str().to_owned()));
+                self.attempts
+                    .push(Some(i32::try_from(meta.attempts).unwrap_or(i32::MAX)));
+                self.first_failed_at.push(Some(meta.first_failed_at));
+                self.last_failed_at.push(Some(meta.last_failed_at));
+                // The record is published when the last attempt fails.
+                self.dead_lettered_at.push(meta.last_failed_at);
+                self.record.push(serde_json::to_value(record).ok());
+                self.parse_error.push(None);
+                self.raw_body.push(None);
+            }
+            Err(reason) => {
+                self.event_id.push(letter.properties.message_id.clone());
+                self.event_type.push(letter.properties.kind.clone());
+                self.trace_id.push(None);
+                self.error_kind.push(None);
+                self.attempts.push(None);
+                self.first_failed_at.push(None);
+                self.last_failed_at.push(None);
+                self.dead_lettered_at.push(now);
+                self.record.push(None);
+                self.parse_error.push(Some(reason.clone()));
+                self.raw_body.push(Some(letter.body.clone()));
+            }
+        }
+        self.fingerprint.push(letter.fingerprint.clone());
+        self.properties
+            .push(serde_json::to_value(&letter.properties).unwrap_or(serde_json::Value::Null));
+    }
+}

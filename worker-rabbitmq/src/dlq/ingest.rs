@@ -1,0 +1,152 @@
+//! The ingester (`docs/contracts.md` §10): moves every message of a handler's dead-letter queue
+//! into the dead-letter store. A batch is acked only after the statement that stored it
+//! committed, so a crash at any point leaves the unacked messages in the queue for the next run;
+//! the store skips a message it has already (same key), so a redelivered one is stored once. A
+//! message that is not a §5 record (someone published junk into a `.dlq`) is stored as unparsed,
+//! byte for byte, with why: never lost, never a crash.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use worker_core::transport::dead_letter::{DeadLetterStore, StoredDeadLetter};
+use worker_core::DeadLetterRecord;
+
+use super::fingerprint::fingerprint;
+use super::DlqError;
+use crate::convert::properties_from_amqp;
+
+/// How many messages one insert stores at most.
+pub const BATCH: usize = 500;
+
+/// How long a batch waits for more messages once it has one.
+const LINGER: Duration = Duration::from_millis(20);
+
+/// The longest wait between two tries of a failed insert.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Moves `queue`'s messages (the dead-letter queue of `handler`) into `store` until `stop` is
+/// cancelled, the channel closes, or (with `idle`) no message arrived for that long. Returns how
+/// many messages it stored as new.
+pub async fn ingest_queue(
+    connection: &Connection,
+    pool: &PgPool,
+    store: &DeadLetterStore,
+    handler: &str,
+    queue: &str,
+    stop: &CancellationToken,
+    idle: Option<Duration>,
+) -> Result<u64, DlqError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(DlqError::broker("open a channel"))?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(DlqError::broker(format!(
+            "find the dead-letter queue {queue}"
+        )))?;
+    let prefetch = u16::try_from(BATCH * 2).unwrap_or(u16::MAX);
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(DlqError::broker("set the prefetch"))?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            format!("dlq-ingest-{handler}").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(DlqError::broker(format!("consume {queue}")))?;
+    let mut stored = 0;
+    loop {
+        let quiet = async {
+            match idle {
+                Some(idle) => tokio::time::sleep(idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        let first = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = quiet => break,
+            next = consumer.next() => next,
+        };
+        let Some(first) = first else { break };
+        let mut batch = vec![first.map_err(DlqError::broker(format!("receive from {queue}")))?];
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        while batch.len() < BATCH {
+            tokio::select! {
+                _ = &mut linger => break,
+                next = consumer.next() => match next {
+                    Some(delivery) => batch.push(
+                        delivery.map_err(DlqError::broker(format!("receive from {queue}")))?,
+                    ),
+                    None => break,
+                },
+            }
+        }
+        let letters: Vec<StoredDeadLetter> = batch
+            .iter()
+            .map(|delivery| letter(handler, queue, delivery))
+            .collect();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match store.insert(pool, &letters, Utc::now()).await {
+                Ok(new) => {
+                    stored += new;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %error, queue, size = letters.len(),
+                        "dead-letter store unavailable: keeping the batch unacked and trying again"
+                    );
+                    tokio::select! {
+                        // Unacked, the batch goes back to the queue when the channel closes.
+                        _ = stop.cancelled() => return Ok(stored),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let last = batch.last().map(|d| d.delivery_tag).unwrap_or_default();
+        channel
+            .basic_ack(last, BasicAckOptions { multiple: true })
+            .await
+            .map_err(DlqError::broker(format!("ack the stored batch of {queue}")))?;
+    }
+    let _ = channel.close(200, "ingester stopped".into()).await;
+    Ok(stored)
+}
+
+/// A dead-letter queue's message as the store keeps it.
+fn letter(handler: &str, queue: &str, delivery: &Delivery) -> StoredDeadLetter {
+    let record = serde_json::from_slice::<DeadLetterRecord>(&delivery.data)
+        .map_err(|error| format!("not a dead-letter record: {error}"));
+    StoredDeadLetter {
+        queue: queue.to_owned(),
+        handler: handler.to_owned(),
+        body: delivery.data.clone(),
+        properties: properties_from_amqp(&delivery.properties),
+        fingerprint: record.as_ref().ok().map(fingerprint),
+        record,
+    }
+}
