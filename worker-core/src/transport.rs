@@ -239,7 +239,9 @@ pub mod dead_letter {
     pub use crate::dead_letter::record::{
         format_time, BodyEncoding, FailureMetadata, OriginalMessage,
     };
-    pub use crate::dead_letter::store::{DeadLetterStore, StoredDeadLetter};
+    pub use crate::dead_letter::store::{
+        DeadLetterStore, RowStatus, Selection, StoredDeadLetter, StoredRow,
+    };
 }
 
 /// The dedup store and the schema names it is kept in.

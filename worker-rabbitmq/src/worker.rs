@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::transport::breaker::Breaker;
 use worker_core::transport::config::redact_url;
+use worker_core::transport::dead_letter::DeadLetterStore;
 use worker_core::transport::dedup::DedupStore;
 use worker_core::transport::observer::Observers;
 use worker_core::transport::pipeline::{Clock, Jitter, Runtime, States};
@@ -360,10 +361,28 @@ impl WorkerBuilder {
                     .map_err(|e| WorkerError::Migration(e.to_string()))?;
             }
         }
+        let dead_letter_store = match config.dlq_store {
+            true => {
+                let store = DeadLetterStore::new(config.db_schema.clone());
+                if config.migrate {
+                    store
+                        .migrate(&pool)
+                        .await
+                        .map_err(|e| WorkerError::Migration(e.to_string()))?;
+                }
+                Some(store)
+            }
+            false => None,
+        };
 
         let names: Vec<QueueNames> = specs
             .iter()
             .map(|spec| QueueNames::new(&broker, spec.name))
+            .collect();
+        let dead_letter_queues: Vec<(String, String)> = specs
+            .iter()
+            .zip(&names)
+            .map(|(spec, names)| (spec.name.to_owned(), names.dlq.clone()))
             .collect();
         let runtime = Runtime {
             pool: Some(pool.clone()),
@@ -428,6 +447,15 @@ impl WorkerBuilder {
             let observer = Arc::clone(&metrics) as Arc<dyn worker_core::RelayObserver>;
             crate::relay::spawn(pool.clone(), &config, &broker, settings, observer)
         });
+        let ingester = dead_letter_store.map(|store| {
+            crate::dlq::ingest::spawn(
+                pool.clone(),
+                store,
+                broker.clone(),
+                config.consumer.clone(),
+                dead_letter_queues,
+            )
+        });
         tracing::info!(
             app = %config.app,
             amqp = %redact_url(&broker.url),
@@ -443,6 +471,7 @@ impl WorkerBuilder {
             pool,
             pruner,
             relay,
+            ingester,
             endpoint,
             health,
             shutdown_timeout: config.shutdown_timeout,
@@ -543,6 +572,7 @@ pub struct RunningWorker {
     pool: PgPool,
     pruner: tokio::task::JoinHandle<()>,
     relay: Option<crate::relay::RunningRelay>,
+    ingester: Option<crate::dlq::ingest::RunningIngester>,
     endpoint: Option<Endpoint>,
     health: Arc<Health>,
     shutdown_timeout: Duration,
@@ -603,6 +633,9 @@ impl RunningWorker {
         }
         if let Some(relay) = self.relay.take() {
             relay.shutdown().await;
+        }
+        if let Some(ingester) = self.ingester.take() {
+            ingester.shutdown().await;
         }
         self.pruner.abort();
         self.health.set_broker_connected(false);

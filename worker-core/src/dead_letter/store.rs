@@ -188,6 +188,150 @@ impl DeadLetterStore {
     }
 }
 
+/// What a row of the store is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStatus {
+    /// Waiting for an operator.
+    Pending,
+    /// Republished to its handler's queue (confirmed).
+    Replayed,
+    /// Removed by an operator.
+    Purged,
+}
+
+impl RowStatus {
+    /// The value in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Pending => "pending",
+            RowStatus::Replayed => "replayed",
+            RowStatus::Purged => "purged",
+        }
+    }
+}
+
+/// Which rows [`DeadLetterStore::select`] returns: every criterion that is set must match.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// The handler.
+    pub handler: Option<String>,
+    /// Event ids (empty: any).
+    pub event_ids: Vec<String>,
+    /// A prefix of the trace id (case-insensitive).
+    pub trace_id_prefix: Option<String>,
+    /// The event type.
+    pub event_type: Option<String>,
+    /// `poison` or `retryable`.
+    pub error_kind: Option<String>,
+    /// The failure group.
+    pub fingerprint: Option<String>,
+    /// Dead-lettered at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// The row's status (`None`: any).
+    pub status: Option<RowStatus>,
+    /// At most this many rows, oldest first.
+    pub limit: Option<i64>,
+}
+
+/// One row of the store, as the operators' tools read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRow {
+    /// The row id (ingest order).
+    pub id: i64,
+    /// The dead-letter queue it came from.
+    pub queue: String,
+    /// Its handler.
+    pub handler: String,
+    /// The §5 record, `None` when the message was not one.
+    pub record: Option<serde_json::Value>,
+    /// Why it was not a record.
+    pub parse_error: Option<String>,
+    /// The body of a message that was not a record.
+    pub raw_body: Option<Vec<u8>>,
+    /// The dead-letter message's properties.
+    pub properties: serde_json::Value,
+    /// `pending`, `replayed` or `purged`.
+    pub status: String,
+}
+
+impl DeadLetterStore {
+    /// The rows `selection` picks, oldest first.
+    pub async fn select(
+        &self,
+        pool: &PgPool,
+        selection: &Selection,
+    ) -> Result<Vec<StoredRow>, sqlx::Error> {
+        let mut query = sqlx::QueryBuilder::new(format!(
+            "SELECT id, queue, handler, record, parse_error, raw_body, properties, status \
+             FROM {}.dead_letters WHERE true",
+            self.schema.quoted()
+        ));
+        if let Some(handler) = &selection.handler {
+            query.push(" AND handler = ").push_bind(handler.clone());
+        }
+        if !selection.event_ids.is_empty() {
+            query
+                .push(" AND event_id = ANY(")
+                .push_bind(selection.event_ids.clone())
+                .push(")");
+        }
+        if let Some(prefix) = &selection.trace_id_prefix {
+            // Trace ids are stored in lowercase hex; LIKE's wildcards in the prefix are escaped.
+            let escaped = prefix
+                .to_ascii_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            query
+                .push(" AND trace_id LIKE ")
+                .push_bind(format!("{escaped}%"));
+        }
+        if let Some(kind) = &selection.event_type {
+            query.push(" AND event_type = ").push_bind(kind.clone());
+        }
+        if let Some(kind) = &selection.error_kind {
+            query.push(" AND error_kind = ").push_bind(kind.clone());
+        }
+        if let Some(fingerprint) = &selection.fingerprint {
+            query
+                .push(" AND fingerprint = ")
+                .push_bind(fingerprint.clone());
+        }
+        if let Some(since) = selection.since {
+            query.push(" AND dead_lettered_at >= ").push_bind(since);
+        }
+        if let Some(status) = selection.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        query.push(" ORDER BY id");
+        if let Some(limit) = selection.limit {
+            query.push(" LIMIT ").push_bind(limit);
+        }
+        query.build_query_as().fetch_all(pool).await
+    }
+
+    /// Marks row `id` replayed or purged; `false` when it was not pending any more (another
+    /// operator got there first).
+    pub async fn mark(
+        &self,
+        pool: &PgPool,
+        id: i64,
+        status: RowStatus,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE {}.dead_letters SET status = $2, \
+             replayed_at = CASE WHEN $2 = 'replayed' THEN now() ELSE replayed_at END \
+             WHERE id = $1 AND status = 'pending'",
+            self.schema.quoted()
+        ))
+        .bind(id)
+        .bind(status.as_str())
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
 /// The insert's parameters, one array per column.
 #[derive(Default)]
 struct Columns {

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use worker_core::transport::dead_letter::RowStatus;
 use worker_core::ErrorKind;
 
 use crate::dlq::Filter;
@@ -240,6 +241,19 @@ pub(crate) struct FilterArgs {
     /// Only entries whose last failure is this recent: 30s, 15m, 2h, 7d.
     #[arg(long, value_name = "AGE", value_parser = parse_since)]
     pub(crate) since: Option<DateTime<Utc>>,
+    /// Only this failure group, as `dlq stats` prints it (e.g. "poison InvalidAmount: -N").
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) fingerprint: Option<String>,
+    /// Only dead letters in this state (needs WORKER_DLQ_STORE=on; default: pending).
+    #[arg(long, value_enum)]
+    pub(crate) status: Option<StatusArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum StatusArg {
+    Pending,
+    Replayed,
+    Purged,
 }
 
 impl FilterArgs {
@@ -254,6 +268,12 @@ impl FilterArgs {
                 KindArg::Retryable => ErrorKind::Retryable,
             }),
             since: self.since,
+            fingerprint: self.fingerprint.clone(),
+            status: self.status.map(|s| match s {
+                StatusArg::Pending => RowStatus::Pending,
+                StatusArg::Replayed => RowStatus::Replayed,
+                StatusArg::Purged => RowStatus::Purged,
+            }),
         }
     }
 }

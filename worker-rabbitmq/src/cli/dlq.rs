@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lapin::Connection;
 use serde_json::json;
-use worker_core::transport::dead_letter::format_time;
+use worker_core::transport::dead_letter::{format_time, DeadLetterStore, RowStatus, Selection};
 use worker_core::{DeadLetterRecord, ErrorKind};
 
 use super::args::{
@@ -60,13 +60,30 @@ async fn hold(
             )));
         }
     }
+    if filter.status.is_some() && !setup.config.dlq_store {
+        return Err(CliError::Usage(
+            "--status needs the dead-letter store (WORKER_DLQ_STORE=on): a dead-letter queue \
+             holds only pending dead letters"
+                .into(),
+        ));
+    }
+    let store = match setup.config.dlq_store {
+        true => Some(open_store(setup).await?),
+        false => None,
+    };
     let mut held = Vec::new();
     for spec in &setup.specs {
         if !filter.handlers.is_empty() && !filter.handlers.iter().any(|h| h == spec.name) {
             continue;
         }
         let names = QueueNames::new(&setup.broker, spec.name);
-        let queue = HeldQueue::hold(connection, &names.dlq).await?;
+        let queue = match &store {
+            Some((pool, store)) => {
+                let selection = store_selection(filter, spec.name);
+                HeldQueue::from_store(pool, store, &names.dlq, &selection).await?
+            }
+            None => HeldQueue::hold(connection, &names.dlq).await?,
+        };
         held.push(Held {
             handler: spec.name,
             names,
@@ -74,6 +91,33 @@ async fn hold(
         });
     }
     Ok(held)
+}
+
+/// The dead-letter store of the worker's schema, created or upgraded if needed.
+async fn open_store(setup: &Setup) -> Result<(sqlx::PgPool, DeadLetterStore), CliError> {
+    let pool = crate::database::connect(&setup.config, 2).await?;
+    let store = DeadLetterStore::new(setup.config.db_schema.clone());
+    store
+        .migrate(&pool)
+        .await
+        .map_err(|e| crate::error::WorkerError::Migration(e.to_string()))?;
+    Ok((pool, store))
+}
+
+/// What the store is asked for `handler`: the filter's criteria, pending rows unless a status
+/// is asked for.
+fn store_selection(filter: &Filter, handler: &str) -> Selection {
+    Selection {
+        handler: Some(handler.to_owned()),
+        event_ids: filter.event_ids.clone(),
+        trace_id_prefix: filter.trace_id.clone(),
+        event_type: filter.event_type.clone(),
+        error_kind: filter.error_kind.map(|k| k.as_str().to_owned()),
+        fingerprint: filter.fingerprint.clone(),
+        since: filter.since,
+        status: Some(filter.status.unwrap_or(RowStatus::Pending)),
+        limit: None,
+    }
 }
 
 async fn release(held: Vec<Held>) {
@@ -616,7 +660,7 @@ async fn replay(
             });
             break;
         }
-        if let Err(error) = held.queue.remove(entry).await {
+        if let Err(error) = held.queue.remove(entry, RowStatus::Replayed).await {
             failure = Some(error);
             break;
         }
@@ -673,7 +717,7 @@ async fn purge(
             action_line(console, args.json, "would remove", held, entry, None);
             continue;
         }
-        if let Err(error) = held.queue.remove(entry).await {
+        if let Err(error) = held.queue.remove(entry, RowStatus::Purged).await {
             failure = Some(error);
             break;
         }
@@ -704,13 +748,7 @@ async fn ingest(
     args: IngestArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
-    let pool = crate::database::connect(&setup.config, 2).await?;
-    let store =
-        worker_core::transport::dead_letter::DeadLetterStore::new(setup.config.db_schema.clone());
-    store
-        .migrate(&pool)
-        .await
-        .map_err(|e| crate::error::WorkerError::Migration(e.to_string()))?;
+    let (pool, store) = open_store(setup).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let idle = args.until_empty.then_some(Duration::from_secs(1));
     let queues: Vec<(&str, String)> = setup

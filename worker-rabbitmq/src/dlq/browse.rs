@@ -3,6 +3,9 @@
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
+use sqlx::PgPool;
+use worker_core::transport::dead_letter::{DeadLetterStore, RowStatus, Selection, StoredRow};
+use worker_core::transport::message::Properties;
 use worker_core::DeadLetterRecord;
 
 use super::DlqError;
@@ -20,7 +23,14 @@ pub struct Entry {
     pub body: Vec<u8>,
     /// The message's AMQP properties.
     pub properties: BasicProperties,
-    delivery_tag: u64,
+    /// Where it is held: a delivery on the browsing channel, or a row of the store.
+    held_as: HeldAs,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HeldAs {
+    Delivery(u64),
+    Row(i64),
 }
 
 impl Entry {
@@ -41,14 +51,56 @@ impl Entry {
 /// connection closes.
 #[derive(Debug)]
 pub struct HeldQueue {
-    channel: Channel,
+    source: Source,
     /// The queue.
     pub queue: String,
     /// The entries, oldest first.
     pub entries: Vec<Entry>,
 }
 
+/// Where the entries come from.
+#[derive(Debug)]
+enum Source {
+    /// The queue itself, read on this channel.
+    Queue(Channel),
+    /// The dead-letter store (`WORKER_DLQ_STORE=on`).
+    Store {
+        pool: PgPool,
+        store: DeadLetterStore,
+    },
+}
+
 impl HeldQueue {
+    /// The pending rows of the store that `selection` picks, for the dead-letter queue `queue`
+    /// (nothing is held: removing an entry marks its row).
+    pub async fn from_store(
+        pool: &PgPool,
+        store: &DeadLetterStore,
+        queue: &str,
+        selection: &Selection,
+    ) -> Result<HeldQueue, DlqError> {
+        let rows = store
+            .select(pool, selection)
+            .await
+            .map_err(|source| DlqError::Store {
+                action: format!("read the dead letters of `{queue}`"),
+                source,
+            })?;
+        let entries = rows
+            .into_iter()
+            .enumerate()
+            .map(|(position, row)| stored_entry(position, row))
+            .collect();
+        Ok(HeldQueue {
+            source: Source::Store {
+                pool: pool.clone(),
+                store: store.clone(),
+            },
+            queue: queue.into(),
+            entries,
+        })
+    }
+
     /// Takes every entry now in `queue` without acking it. Entries dead-lettered while the scan
     /// runs are left for the next one (at most the depth seen at the start is taken). A queue
     /// that does not exist holds nothing.
@@ -74,7 +126,7 @@ impl HeldQueue {
                     .await
                     .map_err(DlqError::broker("open a channel"))?;
                 return Ok(HeldQueue {
-                    channel,
+                    source: Source::Queue(channel),
                     queue: queue.into(),
                     entries: Vec::new(),
                 });
@@ -96,33 +148,87 @@ impl HeldQueue {
                 record,
                 body: delivery.data,
                 properties: delivery.properties,
-                delivery_tag: delivery.delivery_tag,
+                held_as: HeldAs::Delivery(delivery.delivery_tag),
             });
         }
         Ok(HeldQueue {
-            channel,
+            source: Source::Queue(channel),
             queue: queue.into(),
             entries,
         })
     }
 
-    /// Removes one held entry from the queue for good (acks it).
-    pub async fn remove(&self, entry: &Entry) -> Result<(), DlqError> {
-        self.channel
-            .basic_ack(entry.delivery_tag, BasicAckOptions::default())
-            .await
-            .map_err(DlqError::broker(format!(
-                "remove an entry from `{}`",
-                self.queue
-            )))
+    /// Removes one held entry for good: acks it in the queue, or marks its row in the store
+    /// `status` (replayed or purged).
+    pub async fn remove(&self, entry: &Entry, status: RowStatus) -> Result<(), DlqError> {
+        match (&self.source, entry.held_as) {
+            (Source::Queue(channel), HeldAs::Delivery(tag)) => channel
+                .basic_ack(tag, BasicAckOptions::default())
+                .await
+                .map_err(DlqError::broker(format!(
+                    "remove an entry from `{}`",
+                    self.queue
+                ))),
+            (Source::Store { pool, store }, HeldAs::Row(id)) => {
+                let marked =
+                    store
+                        .mark(pool, id, status)
+                        .await
+                        .map_err(|source| DlqError::Store {
+                            action: format!(
+                                "mark dead letter {id} of `{}` {}",
+                                self.queue,
+                                status.as_str()
+                            ),
+                            source,
+                        })?;
+                if !marked {
+                    tracing::warn!(
+                        id, queue = %self.queue,
+                        "dead letter was no longer pending (another operator acted on it)"
+                    );
+                }
+                Ok(())
+            }
+            _ => unreachable!("an entry is held where its queue was read"),
+        }
     }
 
     /// Gives every entry not removed back to its original position.
     pub async fn release(self) {
-        // Closing the channel requeues its unacked messages where they were.
-        let _ = self
-            .channel
-            .close(200, "dead-letter browse done".into())
-            .await;
+        if let Source::Queue(channel) = self.source {
+            // Closing the channel requeues its unacked messages where they were.
+            let _ = channel.close(200, "dead-letter browse done".into()).await;
+        }
+    }
+}
+
+/// A row of the store as an entry: the record from its JSONB, or the unparsed message's body.
+fn stored_entry(position: usize, row: StoredRow) -> Entry {
+    let properties = serde_json::from_value::<Properties>(row.properties)
+        .ok()
+        .and_then(|p| crate::convert::properties_to_amqp(&p).ok())
+        .unwrap_or_default();
+    let (record, body) = match (row.record, row.raw_body) {
+        (Some(value), _) => {
+            let body = serde_json::to_vec(&value).unwrap_or_default();
+            let record = serde_json::from_value::<DeadLetterRecord>(value)
+                .map_err(|e| format!("the stored record does not parse: {e}"));
+            (record, body)
+        }
+        (None, raw) => (
+            Err(row
+                .parse_error
+                .unwrap_or_else(|| "not a dead-letter record".into())),
+            raw.unwrap_or_default(),
+        ),
+    };
+    Entry {
+        queue: row.queue,
+        position,
+        record,
+        body,
+        properties,
+        held_as: HeldAs::Row(row.id),
     }
 }

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use worker_core::ErrorKind;
 
+use worker_core::transport::dead_letter::RowStatus;
+
 use super::browse::Entry;
 
 /// Selects entries. Every criterion that is set must match; an empty filter matches everything.
@@ -20,6 +22,10 @@ pub struct Filter {
     pub error_kind: Option<ErrorKind>,
     /// Only entries whose last failure is at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only this failure group ([`fingerprint`](super::fingerprint())).
+    pub fingerprint: Option<String>,
+    /// Only rows of the store in this state (the store only; a queue holds pending ones).
+    pub status: Option<RowStatus>,
 }
 
 impl Filter {
@@ -31,6 +37,8 @@ impl Filter {
             && self.event_type.is_none()
             && self.error_kind.is_none()
             && self.since.is_none()
+            && self.fingerprint.is_none()
+            && self.status.is_none()
     }
 
     /// Whether `entry` is selected. An entry whose body is not a record matches only the
@@ -49,7 +57,8 @@ impl Filter {
             return self.trace_id.is_none()
                 && self.event_type.is_none()
                 && self.error_kind.is_none()
-                && self.since.is_none();
+                && self.since.is_none()
+                && self.fingerprint.is_none();
         };
         let meta = &record.failure_metadata;
         if let Some(prefix) = &self.trace_id {
@@ -73,6 +82,11 @@ impl Filter {
         }
         if let Some(since) = self.since {
             if meta.last_failed_at < since {
+                return false;
+            }
+        }
+        if let Some(group) = &self.fingerprint {
+            if &super::fingerprint(record) != group {
                 return false;
             }
         }

@@ -150,3 +150,58 @@ fn letter(handler: &str, queue: &str, delivery: &Delivery) -> StoredDeadLetter {
         record,
     }
 }
+
+/// The ingester running inside a worker (`WORKER_DLQ_STORE=on`).
+#[derive(Debug)]
+pub(crate) struct RunningIngester {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningIngester {
+    /// Stops after the batch in progress (an unacked batch would only be stored again).
+    pub(crate) async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts moving the dead letters of `queues` (`(handler, dead-letter queue)`) into `store`, on
+/// a broker connection of its own, opened again (with a backoff up to 5 s) after it is lost.
+pub(crate) fn spawn(
+    pool: PgPool,
+    store: DeadLetterStore,
+    broker: crate::settings::BrokerSettings,
+    consumer: String,
+    queues: Vec<(String, String)>,
+) -> RunningIngester {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut wait = Duration::from_millis(200);
+        while !token.is_cancelled() {
+            match crate::connection::connect(&broker, &format!("{consumer}-dlq-ingest")).await {
+                Ok(connection) => {
+                    wait = Duration::from_millis(200);
+                    let all = futures::future::join_all(queues.iter().map(|(handler, queue)| {
+                        ingest_queue(&connection, &pool, &store, handler, queue, &token, None)
+                    }))
+                    .await;
+                    for error in all.into_iter().filter_map(Result::err) {
+                        tracing::warn!(%error, "dead-letter ingester stopped; starting again");
+                    }
+                    let _ = connection.close(200, "ingester stopped".into()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "dead-letter ingester cannot reach the broker");
+                }
+            }
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(MAX_BACKOFF);
+        }
+    });
+    RunningIngester { stop, task }
+}

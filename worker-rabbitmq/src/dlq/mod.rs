@@ -30,6 +30,14 @@ pub enum DlqError {
         /// The client's error.
         source: lapin::Error,
     },
+    /// The dead-letter store failed.
+    #[error("dead-letter store (PostgreSQL): {action}: {source}")]
+    Store {
+        /// What was being done.
+        action: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
     /// The record's body cannot be restored.
     #[error("the record of event {event_id:?} in `{queue}` has a body that is not valid base64 ({source}); it cannot be replayed byte for byte")]
     CorruptBody {
