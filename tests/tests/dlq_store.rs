@@ -126,6 +126,34 @@ async fn the_dlq_commands_read_and_act_on_the_store() {
     worker.shutdown().await.expect("shutdown");
     assert_eq!(env.effects("evt_fixable").await, 1, "processed once");
 
+    // Retention: a replay two days ago expires after a day; a purge just now and a pending row
+    // (however old) stay.
+    for update in [
+        "SET replayed_at = now() - interval '2 days' WHERE event_id = 'evt_fixable'",
+        "SET dead_lettered_at = now() - interval '90 days', \
+         ingested_at = now() - interval '90 days' WHERE event_id = 'evt_bad_1'",
+    ] {
+        sqlx::query(&format!("UPDATE \"{}\".dead_letters {update}", env.id))
+            .execute(&env.pool)
+            .await
+            .expect("age the rows");
+    }
+    let store =
+        worker_core::transport::dead_letter::DeadLetterStore::new(env.config.db_schema.clone());
+    let deleted = store
+        .prune(&env.pool, std::time::Duration::from_secs(24 * 3600))
+        .await
+        .expect("prune");
+    assert_eq!(deleted, 1, "only the old replay expires");
+    assert_eq!(
+        (
+            rows(&env, "replayed").await,
+            rows(&env, "purged").await,
+            rows(&env, "pending").await
+        ),
+        (0, 1, 1)
+    );
+
     // Without the store, --status has nothing to read.
     env.config.dlq_store = false;
     let usage = cli(&env, &["dlq", "list", "--status", "replayed"]).await;

@@ -11,6 +11,7 @@
 //! | `WORKER_DB_SCHEMA` | the application's name as an identifier (`order-worker` → `order_worker`) | schema of the framework's tables (`processed_events`, `outbox`, the migration records) and of the application's own migrations: first on the `search_path` of handler connections |
 //! | `WORKER_MIGRATE` | `true` | bring the framework's tables up to date at start-up ([`crate::migrations`], recorded in `<schema>.worker_schema_migrations`), then run the application's migrations |
 //! | `WORKER_DLQ_STORE` | `false` | move dead letters into the `dead_letters` table; the `dlq` commands read it |
+//! | `WORKER_DLQ_STORE_RETENTION` | `30d` | how long replayed and purged rows stay in the store |
 //! | `WORKER_DEDUP_RETENTION` | `7d` | dedup rows older than this are pruned |
 //! | `WORKER_SHUTDOWN_TIMEOUT` | `30s` | how long in-flight deliveries may finish after a stop signal |
 //! | `WORKER_DB_POOL_SIZE` | `64` | most database connections; the pool is sized to what the handlers' concurrency needs (two per in-flight dedup delivery, one per other), up to this |
@@ -188,6 +189,9 @@ pub struct WorkerConfig {
     /// moves them from the dead-letter queues into the `dead_letters` table and the `dlq`
     /// commands read that table. Off (queue-only mode) by default.
     pub dlq_store: bool,
+    /// How long replayed and purged rows stay in the dead-letter store (pending ones stay until
+    /// an operator acts).
+    pub dlq_store_retention: Duration,
     /// Age after which dedup rows are pruned.
     pub dedup_retention: Duration,
     /// Grace period for in-flight deliveries at shutdown.
@@ -232,6 +236,7 @@ impl Default for WorkerConfig {
             db_schema: Identifier::new("public").expect("`public` is a valid identifier"),
             migrate: true,
             dlq_store: false,
+            dlq_store_retention: Duration::from_secs(30 * 24 * 3600),
             dedup_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(30),
             db_pool_size: 64,
@@ -296,6 +301,9 @@ impl WorkerConfig {
             dlq_store: vars
                 .parse("WORKER_DLQ_STORE", parse_bool)?
                 .unwrap_or(defaults.dlq_store),
+            dlq_store_retention: vars
+                .parse("WORKER_DLQ_STORE_RETENTION", parse_duration)?
+                .unwrap_or(defaults.dlq_store_retention),
             dedup_retention: vars
                 .parse("WORKER_DEDUP_RETENTION", parse_duration)?
                 .unwrap_or(defaults.dedup_retention),

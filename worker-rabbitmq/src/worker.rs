@@ -454,6 +454,7 @@ impl WorkerBuilder {
                 broker.clone(),
                 config.consumer.clone(),
                 dead_letter_queues,
+                config.dlq_store_retention,
             )
         });
         tracing::info!(

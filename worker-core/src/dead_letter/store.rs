@@ -21,6 +21,8 @@
 //!   ingested_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
 //!   status           TEXT        NOT NULL DEFAULT 'pending',  -- pending | replayed | purged
 //!   replayed_at      TIMESTAMPTZ,
+//!   purged_at        TIMESTAMPTZ,                  -- replayed and purged rows are deleted
+//!                                                  -- once older than the retention
 //!   record           JSONB,                        -- the §5 record (its original body is
 //!                                                  -- lossless inside); NULL when unparsed
 //!   parse_error      TEXT,                         -- why the body is not a §5 record
@@ -31,6 +33,8 @@
 //!
 //! with indexes for the questions asked at 3 am: by handler and time, by event id, by trace id
 //! prefix, by fingerprint, by status and time.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -64,6 +68,7 @@ pub(crate) const COMPONENT: Component = Component {
                   status           TEXT        NOT NULL DEFAULT 'pending'
                                    CHECK (status IN ('pending', 'replayed', 'purged')),
                   replayed_at      TIMESTAMPTZ,
+                  purged_at        TIMESTAMPTZ,
                   record           JSONB,
                   parse_error      TEXT,
                   raw_body         BYTEA,
@@ -78,7 +83,10 @@ pub(crate) const COMPONENT: Component = Component {
               CREATE INDEX dead_letters_fingerprint_idx
                   ON {schema}.dead_letters (fingerprint, status, dead_lettered_at);
               CREATE INDEX dead_letters_status_idx
-                  ON {schema}.dead_letters (status, dead_lettered_at);",
+                  ON {schema}.dead_letters (status, dead_lettered_at);
+              CREATE INDEX dead_letters_settled_idx
+                  ON {schema}.dead_letters (coalesce(replayed_at, purged_at))
+                  WHERE status <> 'pending';",
     }],
 };
 
@@ -320,7 +328,8 @@ impl DeadLetterStore {
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(&format!(
             "UPDATE {}.dead_letters SET status = $2, \
-             replayed_at = CASE WHEN $2 = 'replayed' THEN now() ELSE replayed_at END \
+             replayed_at = CASE WHEN $2 = 'replayed' THEN now() ELSE replayed_at END, \
+             purged_at = CASE WHEN $2 = 'purged' THEN now() ELSE purged_at END \
              WHERE id = $1 AND status = 'pending'",
             self.schema.quoted()
         ))
@@ -329,6 +338,23 @@ impl DeadLetterStore {
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+impl DeadLetterStore {
+    /// Deletes up to 10,000 replayed or purged rows whose replay or purge is older than
+    /// `retention`; returns how many. Pending rows never expire.
+    pub async fn prune(&self, pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+        let table = format!("{}.dead_letters", self.schema.quoted());
+        let done = sqlx::query(&format!(
+            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} \
+             WHERE status <> 'pending' \
+             AND coalesce(replayed_at, purged_at) < now() - $1::interval LIMIT 10000)"
+        ))
+        .bind(format!("{} milliseconds", retention.as_millis()))
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -28,6 +28,9 @@ pub const BATCH: usize = 500;
 /// How long a batch waits for more messages once it has one.
 const LINGER: Duration = Duration::from_millis(20);
 
+/// How often the worker deletes expired replayed and purged rows.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// The longest wait between two tries of a failed insert.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -168,15 +171,38 @@ impl RunningIngester {
 
 /// Starts moving the dead letters of `queues` (`(handler, dead-letter queue)`) into `store`, on
 /// a broker connection of its own, opened again (with a backoff up to 5 s) after it is lost.
+///
+/// It also deletes replayed and purged rows older than `retention`, at start and then every
+/// [`PRUNE_EVERY`].
 pub(crate) fn spawn(
     pool: PgPool,
     store: DeadLetterStore,
     broker: crate::settings::BrokerSettings,
     consumer: String,
     queues: Vec<(String, String)>,
+    retention: Duration,
 ) -> RunningIngester {
     let stop = CancellationToken::new();
     let token = stop.clone();
+    let (prune_pool, prune_store, prune_token) = (pool.clone(), store.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            loop {
+                match prune_store.prune(&prune_pool, retention).await {
+                    Ok(n) if n > 0 => tracing::info!(rows = n, "expired dead letters deleted"),
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot delete expired dead letters");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = prune_token.cancelled() => break,
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            }
+        }
+    });
     let task = tokio::spawn(async move {
         let mut wait = Duration::from_millis(200);
         while !token.is_cancelled() {
