@@ -93,6 +93,20 @@ async fn the_dlq_commands_read_and_act_on_the_store() {
     let stats = cli(&env, &["dlq", "stats"]).await;
     assert_eq!(stats.code, 0, "{}", stats.stderr);
     assert!(stats.stdout.contains("scripted"), "{}", stats.stdout);
+    let stats = cli(&env, &["dlq", "stats", "--json"]).await;
+    let stats: serde_json::Value = serde_json::from_str(stats.stdout.trim()).expect("json");
+    assert_eq!(
+        stats["handlers"],
+        json!([{"handler": "scripted", "count": 3, "poison": 2, "retryable": 1}]),
+        "counted by the database"
+    );
+    let groups = stats["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert_eq!(
+        (groups[0]["count"].clone(), groups[0]["fingerprint"].clone()),
+        (json!(2), json!(group)),
+        "the biggest group first"
+    );
 
     let replay = cli(&env, &["dlq", "replay", "evt_fixable"]).await;
     assert_eq!(replay.code, 0, "{}\n{}", replay.stdout, replay.stderr);

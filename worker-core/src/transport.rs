@@ -240,7 +240,7 @@ pub mod dead_letter {
         format_time, BodyEncoding, FailureMetadata, OriginalMessage,
     };
     pub use crate::dead_letter::store::{
-        DeadLetterStore, RowStatus, Selection, StoredDeadLetter, StoredRow,
+        DeadLetterStore, GroupRow, RowStatus, Selection, StoredDeadLetter, StoredRow,
     };
 }
 

@@ -269,9 +269,25 @@ impl DeadLetterStore {
         pool: &PgPool,
         selection: &Selection,
     ) -> Result<Vec<StoredRow>, sqlx::Error> {
-        let mut query = sqlx::QueryBuilder::new(format!(
-            "SELECT id, queue, handler, record, parse_error, raw_body, properties, status \
-             FROM {}.dead_letters WHERE true",
+        let mut query = sqlx::QueryBuilder::new(
+            "SELECT id, queue, handler, record, parse_error, raw_body, properties, status ",
+        );
+        self.push_from_where(&mut query, selection);
+        query.push(" ORDER BY id");
+        if let Some(limit) = selection.limit {
+            query.push(" LIMIT ").push_bind(limit);
+        }
+        query.build_query_as().fetch_all(pool).await
+    }
+
+    /// `FROM <table> WHERE ...` for `selection`.
+    fn push_from_where<'a>(
+        &self,
+        query: &mut sqlx::QueryBuilder<'a, sqlx::Postgres>,
+        selection: &'a Selection,
+    ) {
+        query.push(format!(
+            "FROM {}.dead_letters WHERE true",
             self.schema.quoted()
         ));
         if let Some(handler) = &selection.handler {
@@ -311,11 +327,6 @@ impl DeadLetterStore {
         if let Some(status) = selection.status {
             query.push(" AND status = ").push_bind(status.as_str());
         }
-        query.push(" ORDER BY id");
-        if let Some(limit) = selection.limit {
-            query.push(" LIMIT ").push_bind(limit);
-        }
-        query.build_query_as().fetch_all(pool).await
     }
 
     /// Marks row `id` replayed or purged; `false` when it was not pending any more (another
@@ -341,7 +352,42 @@ impl DeadLetterStore {
     }
 }
 
+/// One failure group of a handler, counted by [`DeadLetterStore::groups`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GroupRow {
+    /// The handler.
+    pub handler: String,
+    /// The fingerprint; `None` for messages that are not records.
+    pub fingerprint: Option<String>,
+    /// `poison` or `retryable`; `None` for messages that are not records.
+    pub error_kind: Option<String>,
+    /// How many rows.
+    pub count: i64,
+    /// The earliest first failure.
+    pub oldest: Option<DateTime<Utc>>,
+    /// The latest last failure.
+    pub newest: Option<DateTime<Utc>>,
+    /// One event id of the group.
+    pub example: Option<String>,
+}
+
 impl DeadLetterStore {
+    /// The rows `selection` picks, counted by handler and failure group, in the database.
+    pub async fn groups(
+        &self,
+        pool: &PgPool,
+        selection: &Selection,
+    ) -> Result<Vec<GroupRow>, sqlx::Error> {
+        let mut query = sqlx::QueryBuilder::new(
+            "SELECT handler, fingerprint, min(error_kind) AS error_kind, count(*) AS count, \
+             min(first_failed_at) AS oldest, max(last_failed_at) AS newest, \
+             min(event_id) AS example ",
+        );
+        self.push_from_where(&mut query, selection);
+        query.push(" GROUP BY handler, fingerprint");
+        query.build_query_as().fetch_all(pool).await
+    }
+
     /// Deletes up to 10,000 replayed or purged rows whose replay or purge is older than
     /// `retention`; returns how many. Pending rows never expire.
     pub async fn prune(&self, pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {

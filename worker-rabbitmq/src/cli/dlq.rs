@@ -388,18 +388,23 @@ impl Group {
     }
 }
 
-async fn stats(
+/// Dead letters counted by handler (all, poison, retryable) and by `(handler, fingerprint)`.
+type Counted = (
+    BTreeMap<&'static str, (usize, usize, usize)>,
+    BTreeMap<(&'static str, String), Group>,
+);
+
+/// [`Counted`] from the queues: every entry read and grouped here.
+async fn queue_groups(
     setup: &Setup,
     connection: &Connection,
-    args: StatsArgs,
-    console: &mut Console,
-) -> Result<u8, CliError> {
-    let filter = args.filters.filter(&[]);
-    let held = hold(setup, connection, &filter).await?;
-    let chosen = selected(&held, &filter);
-    let mut handlers: BTreeMap<&str, (usize, usize, usize)> =
+    filter: &Filter,
+) -> Result<Counted, CliError> {
+    let held = hold(setup, connection, filter).await?;
+    let chosen = selected(&held, filter);
+    let mut handlers: BTreeMap<&'static str, (usize, usize, usize)> =
         held.iter().map(|h| (h.handler, (0, 0, 0))).collect();
-    let mut groups: BTreeMap<(&str, String), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<(&'static str, String), Group> = BTreeMap::new();
     for (held, entry) in &chosen {
         let counts = handlers.entry(held.handler).or_default();
         counts.0 += 1;
@@ -429,7 +434,79 @@ async fn stats(
             }
         }
     }
+    drop(chosen);
     release(held).await;
+    Ok((handlers, groups))
+}
+
+/// [`Counted`] from the store: counted by the database, one query per handler.
+async fn store_groups(setup: &Setup, filter: &Filter) -> Result<Counted, CliError> {
+    let (pool, store) = open_store(setup).await?;
+    let mut handlers = BTreeMap::new();
+    let mut groups = BTreeMap::new();
+    for spec in &setup.specs {
+        if !filter.handlers.is_empty() && !filter.handlers.iter().any(|h| h == spec.name) {
+            continue;
+        }
+        let counts: &mut (usize, usize, usize) = handlers.entry(spec.name).or_default();
+        let rows = store
+            .groups(&pool, &store_selection(filter, spec.name))
+            .await
+            .map_err(|source| DlqError::Store {
+                action: format!("count the dead letters of `{}`", spec.name),
+                source,
+            })?;
+        for row in rows {
+            let count = usize::try_from(row.count).unwrap_or(usize::MAX);
+            counts.0 += count;
+            let kind = match row.error_kind.as_deref() {
+                Some("poison") => Some(ErrorKind::Poison),
+                Some("retryable") => Some(ErrorKind::Retryable),
+                _ => None,
+            };
+            match kind {
+                Some(ErrorKind::Poison) => counts.1 += count,
+                Some(ErrorKind::Retryable) => counts.2 += count,
+                None => {}
+            }
+            let (fingerprint, message) = match row.fingerprint {
+                Some(fingerprint) => {
+                    let message = fingerprint
+                        .split_once(' ')
+                        .map_or(fingerprint.as_str(), |(_, m)| m)
+                        .to_owned();
+                    (fingerprint, message)
+                }
+                None => ("unreadable".into(), "not a dead-letter record".into()),
+            };
+            groups.insert(
+                (spec.name, fingerprint),
+                Group {
+                    count,
+                    kind,
+                    message,
+                    oldest: row.oldest,
+                    newest: row.newest,
+                    example: row.example,
+                },
+            );
+        }
+    }
+    pool.close().await;
+    Ok((handlers, groups))
+}
+
+async fn stats(
+    setup: &Setup,
+    connection: &Connection,
+    args: StatsArgs,
+    console: &mut Console,
+) -> Result<u8, CliError> {
+    let filter = args.filters.filter(&[]);
+    let (handlers, groups) = match setup.config.dlq_store {
+        true => store_groups(setup, &filter).await?,
+        false => queue_groups(setup, connection, &filter).await?,
+    };
     let mut groups: Vec<_> = groups.into_iter().collect();
     groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
     let when = |t: Option<DateTime<Utc>>| t.map(format_time);
