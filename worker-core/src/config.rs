@@ -174,7 +174,9 @@ pub struct HandlerOverrides {
 }
 
 /// Everything a worker is configured with that does not depend on the transport.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the database URL without its password ([`redact_url`]).
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// The application's name (`WORKER_APP`); [`WorkerConfig::for_app`] derives the schema and
     /// the consumer from it, and the transport its queue prefix.
@@ -223,6 +225,57 @@ pub struct WorkerConfig {
     /// Overrides from `WORKER_HANDLER_<NAME>_*` variables, keyed by `<NAME>` (see
     /// [`handler_env_name`]); they win over [`WorkerConfig::handlers`].
     pub handler_vars: HashMap<String, HandlerOverrides>,
+}
+
+/// Written out rather than derived: the URL goes through [`redact_url`], and the exhaustive
+/// pattern makes a new field a compile error here, so none is printed unchecked.
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            app,
+            database_url,
+            db_schema,
+            migrate,
+            dlq_store,
+            dlq_store_retention,
+            dedup_retention,
+            shutdown_timeout,
+            db_pool_size,
+            consumer,
+            metrics_addr,
+            lag_poll_interval,
+            max_payload_bytes,
+            batch_size,
+            batch_linger,
+            retry,
+            breaker,
+            max_retry_after,
+            handlers,
+            handler_vars,
+        } = self;
+        f.debug_struct("WorkerConfig")
+            .field("app", app)
+            .field("database_url", &RedactedUrl(database_url))
+            .field("db_schema", db_schema)
+            .field("migrate", migrate)
+            .field("dlq_store", dlq_store)
+            .field("dlq_store_retention", dlq_store_retention)
+            .field("dedup_retention", dedup_retention)
+            .field("shutdown_timeout", shutdown_timeout)
+            .field("db_pool_size", db_pool_size)
+            .field("consumer", consumer)
+            .field("metrics_addr", metrics_addr)
+            .field("lag_poll_interval", lag_poll_interval)
+            .field("max_payload_bytes", max_payload_bytes)
+            .field("batch_size", batch_size)
+            .field("batch_linger", batch_linger)
+            .field("retry", retry)
+            .field("breaker", breaker)
+            .field("max_retry_after", max_retry_after)
+            .field("handlers", handlers)
+            .field("handler_vars", handler_vars)
+            .finish()
+    }
 }
 
 /// The neutral defaults for a configuration built in code (tests, the test harness): schema
@@ -632,21 +685,121 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     worker_duration::parse(value).map_err(|e| e.to_string())
 }
 
-/// The URL with its password replaced by `***`, for logs and errors.
+/// The URL with its passwords replaced by `***`, for logs, errors and `Debug`: the userinfo's
+/// (`amqp://user:***@host`, also written when the URL names a user without a password, so
+/// the output does not tell which) and the value of every query parameter whose name suggests a
+/// secret (`?password=***`, `sslpassword`, `passphrase`, `token`, `secret`; matched without
+/// case, after percent-decoding the name, as the drivers read it).
+///
+/// ```
+/// use worker_core::transport::config::redact_url;
+///
+/// assert_eq!(
+///     redact_url("postgres://app:s3cret@db:5432/orders?sslmode=require&password=other"),
+///     "postgres://app:***@db:5432/orders?sslmode=require&password=***"
+/// );
+/// ```
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+        return redact_query(url);
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    // The userinfo ends at the last `@` before the path. A `?` or `#` in a password should be
+    // percent-encoded, but generated passwords often hold them raw (the URL then fails to
+    // parse, and the error must not show it): they count as part of the password here.
+    let path_start = rest.find('/').unwrap_or(rest.len());
+    let (user, host_and_tail) = match rest[..path_start].rfind('@') {
         Some(at) => {
-            let user_info = &authority[..at];
-            let user = user_info.split(':').next().unwrap_or("");
-            format!("{}{}:***@{}", &url[..scheme_end + 3], user, &rest[at + 1..])
+            let user = rest[..at].split(':').next().unwrap_or("");
+            (format!("{user}:***@"), &rest[at + 1..])
         }
-        None => url.to_owned(),
+        None => (String::new(), rest),
+    };
+    let authority_end = host_and_tail
+        .find(['/', '?', '#'])
+        .unwrap_or(host_and_tail.len());
+    let (host, tail) = host_and_tail.split_at(authority_end);
+    format!("{scheme}{user}{host}{}", redact_query(tail))
+}
+
+/// `tail` (path, query, fragment) with the values of secret-looking query parameters masked.
+fn redact_query(tail: &str) -> String {
+    let Some(query_start) = tail.find('?') else {
+        return tail.to_owned();
+    };
+    let (path, query) = tail.split_at(query_start + 1);
+    let (query, fragment) = match query.find('#') {
+        Some(hash) => query.split_at(hash),
+        None => (query, ""),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_secret_name(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}{}{fragment}", pairs.join("&"))
+}
+
+/// Whether a query parameter named `key` (percent-encoded) may hold a secret.
+fn is_secret_name(key: &str) -> bool {
+    let name = percent_decode(key).to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// `%XX` sequences decoded and `+` read as a space, as URL query parsers read names.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A URL that formats (`Debug` and `Display`) as [`redact_url`] writes it: for `Debug` impls and
+/// log fields of settings that hold a URL.
+///
+/// ```
+/// use worker_core::transport::config::RedactedUrl;
+///
+/// let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// assert_eq!(format!("{:?}", RedactedUrl(url)), r#""amqp://guest:***@127.0.0.1:5672/%2f""#);
+/// assert_eq!(RedactedUrl(url).to_string(), "amqp://guest:***@127.0.0.1:5672/%2f");
+/// ```
+#[derive(Clone, Copy)]
+pub struct RedactedUrl<'a>(pub &'a str);
+
+impl std::fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&redact_url(self.0), f)
+    }
+}
+
+impl std::fmt::Display for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(self.0))
     }
 }
 
@@ -699,6 +852,52 @@ mod tests {
         );
         assert_eq!(redact_url("broker://h:1/v"), "broker://h:1/v");
         assert_eq!(redact_url("broker://u:p@ss@h/v"), "broker://u:***@h/v");
+    }
+
+    #[test]
+    fn redaction_of_query_passwords() {
+        assert_eq!(
+            redact_url("postgres://app@db/x?password=pw1&sslmode=require"),
+            "postgres://app:***@db/x?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?sslmode=verify-full&sslpassword=pw2#frag"),
+            "postgres://db/x?sslmode=verify-full&sslpassword=***#frag"
+        );
+        assert_eq!(
+            redact_url("amqps://u:pw3@h:5671/v?heartbeat=10&PassWord=pw4"),
+            "amqps://u:***@h:5671/v?heartbeat=10&PassWord=***"
+        );
+        // A name written percent-encoded is still a password to the driver.
+        assert_eq!(
+            redact_url("postgres://db/x?pass%77ord=pw5"),
+            "postgres://db/x?pass%77ord=***"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?application_name=a&sslmode=disable"),
+            "postgres://db/x?application_name=a&sslmode=disable"
+        );
+        // Raw `?` and `#` in a password (the URL does not parse; its error shows it redacted).
+        assert_eq!(
+            redact_url("amqp://u:p?a#s@h:5672/v"),
+            "amqp://u:***@h:5672/v"
+        );
+        // A query password is hidden even where the value is not a URL.
+        assert_eq!(redact_url("db?token=pw6"), "db?token=***");
+    }
+
+    #[test]
+    fn debug_of_the_config_hides_the_database_password() {
+        let config = WorkerConfig {
+            database_url: "postgres://app:pw7@db/x?password=pw8".into(),
+            ..Default::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(
+            debug.contains(r#"database_url: "postgres://app:***@db/x?password=***""#),
+            "{debug}"
+        );
+        assert!(!debug.contains("pw7") && !debug.contains("pw8"), "{debug}");
     }
 
     #[test]

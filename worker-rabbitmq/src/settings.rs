@@ -21,7 +21,7 @@ use std::time::Duration;
 use worker_core::ConfigError;
 
 use worker_core::transport::config::{
-    app_name, parse_duration, parse_positive, redact_url, Secret, Variables,
+    app_name, parse_duration, parse_positive, redact_url, RedactedUrl, Secret, Variables,
 };
 use worker_core::OutboxSettings;
 use worker_core::WorkerConfig;
@@ -51,8 +51,9 @@ pub struct BrokerTls {
     pub client_identity_password: Option<Secret>,
 }
 
-/// How the worker reaches RabbitMQ and names what it declares there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the worker reaches RabbitMQ and names what it declares there. Its `Debug` shows the URL
+/// without its password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct BrokerSettings {
     /// Broker URL (may hold credentials: log it with [`worker_core::transport::config::redact_url`]).
     pub url: String,
@@ -70,6 +71,31 @@ pub struct BrokerSettings {
     /// Quorum work queues' `x-delivery-limit`: deliveries after which the broker dead-letters a
     /// message that never got settled (a crash loop); `None`: no limit.
     pub delivery_limit: Option<u32>,
+}
+
+/// Written out rather than derived, so the URL goes through [`redact_url`]; the exhaustive
+/// pattern makes a new field a compile error here.
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            url,
+            tls,
+            heartbeat,
+            exchange,
+            queue_prefix,
+            queue_type,
+            delivery_limit,
+        } = self;
+        f.debug_struct("BrokerSettings")
+            .field("url", &RedactedUrl(url))
+            .field("tls", tls)
+            .field("heartbeat", heartbeat)
+            .field("exchange", exchange)
+            .field("queue_prefix", queue_prefix)
+            .field("queue_type", queue_type)
+            .field("delivery_limit", delivery_limit)
+            .finish()
+    }
 }
 
 /// The neutral defaults for settings built in code: no queue prefix. A worker process reads
