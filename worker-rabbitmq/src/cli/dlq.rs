@@ -282,7 +282,7 @@ async fn show(
             held.queue.entries.len(),
             held.names.dlq
         );
-        console.line(console.paint(Colour::Bold, &title));
+        console.styled(&[(&title, Colour::Bold)]);
         match &entry.record {
             Ok(record) => show_record(console, record, now),
             Err(reason) => {
@@ -314,27 +314,27 @@ fn pretty(value: &serde_json::Value) -> String {
 fn show_record(console: &mut Console, record: &DeadLetterRecord, now: DateTime<Utc>) {
     let meta = &record.failure_metadata;
     let original = &record.original_message;
-    let kind = kind_cell(meta.error_kind);
+    let plain = |text: String| (text, Colour::Plain);
     let fields = [
-        ("handler", meta.handler.clone()),
-        ("event type", original.kind.clone()),
-        ("error kind", console.paint(kind.1, &kind.0)),
-        ("attempts", meta.attempts.to_string()),
-        ("first failed", time(meta.first_failed_at, now)),
-        ("last failed", time(meta.last_failed_at, now)),
-        ("trace id", meta.trace_id.clone()),
-        ("consumer", meta.consumer.clone()),
+        ("handler", plain(meta.handler.clone())),
+        ("event type", plain(original.kind.clone())),
+        ("error kind", kind_cell(meta.error_kind)),
+        ("attempts", plain(meta.attempts.to_string())),
+        ("first failed", plain(time(meta.first_failed_at, now))),
+        ("last failed", plain(time(meta.last_failed_at, now))),
+        ("trace id", plain(meta.trace_id.clone())),
+        ("consumer", plain(meta.consumer.clone())),
         (
             "published to",
-            format!(
+            plain(format!(
                 "exchange `{}`, routing key `{}`",
                 original.exchange, original.routing_key
-            ),
+            )),
         ),
-        ("fingerprint", crate::dlq::fingerprint(record)),
+        ("fingerprint", plain(crate::dlq::fingerprint(record))),
     ];
-    for (name, value) in fields {
-        console.line(format!("  {name:<13}{value}"));
+    for (name, (value, colour)) in fields {
+        console.styled(&[(&format!("  {name:<13}"), Colour::Plain), (&value, colour)]);
     }
     console.line("  last error:");
     for line in meta.last_error.lines() {

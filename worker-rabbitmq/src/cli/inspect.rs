@@ -410,7 +410,7 @@ pub(super) async fn topology(
     }
     console.table(&["QUEUE", "TYPE", "WHAT"], &rows);
     if args.declare {
-        console.line(console.paint(Colour::Green, "declared (idempotent; nothing consumed)"));
+        console.styled(&[("declared (idempotent; nothing consumed)", Colour::Green)]);
     }
     Ok(0)
 }
@@ -463,14 +463,12 @@ async fn publish_demo(
         }
         return Ok(());
     }
-    console.line(console.paint(
-        Colour::Bold,
-        &format!(
-            "demo: published {} events to `{}`",
-            published.len(),
-            setup.broker.exchange
-        ),
-    ));
+    let title = format!(
+        "demo: published {} events to `{}`",
+        published.len(),
+        setup.broker.exchange
+    );
+    console.styled(&[(&title, Colour::Bold)]);
     let rows: Vec<_> = published
         .iter()
         .map(|p| {

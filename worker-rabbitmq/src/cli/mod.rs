@@ -157,11 +157,7 @@ where
             } else {
                 error.render().to_string()
             };
-            if error.use_stderr() {
-                console.warn(text.trim_end());
-            } else {
-                console.line(text.trim_end());
-            }
+            console.parser_output(text.trim_end(), error.use_stderr());
             return finish(console, code);
         }
     };

@@ -89,12 +89,14 @@ pub(super) async fn run(
             .to_string(),
         );
     } else {
-        console.line(format!(
-            "published {} {} to `{exchange}` (trace {})",
-            console.paint(Colour::Bold, &args.event_type),
-            event_id,
-            trace_id
-        ));
+        console.styled(&[
+            ("published ", Colour::Plain),
+            (&args.event_type, Colour::Bold),
+            (
+                &format!(" {event_id} to `{exchange}` (trace {trace_id})"),
+                Colour::Plain,
+            ),
+        ]);
     }
     Ok(0)
 }
