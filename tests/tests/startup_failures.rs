@@ -7,28 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use worker_rabbitmq::{Settings, Worker, WorkerError};
 use worker_tests::handlers::scripted;
-use worker_tests::TestEnv;
-
-/// A local port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-/// A listener that accepts connections and never says a word: a peer that swallows packets.
-async fn silent_listener() -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    (port, task)
-}
+use worker_tests::{closed_port, silent_listener, TestEnv};
 
 /// Runs the test worker binary's `run` with these variables; returns (exit code, stderr, time).
 async fn run_cli(vars: &[(&str, String)]) -> (Option<i32>, String, Duration) {
