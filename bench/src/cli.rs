@@ -72,12 +72,12 @@ pub struct Args {
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     pub timeout: u64,
 
-    /// RabbitMQ.
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    /// RabbitMQ. (`--help` does not show the variable's value: it may hold a password.)
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
 
-    /// PostgreSQL.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    /// PostgreSQL. (`--help` does not show the variable's value: it may hold a password.)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Internal: run one scenario's consumer in this process and report on stdout.
