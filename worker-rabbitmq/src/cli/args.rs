@@ -274,6 +274,7 @@ impl FilterArgs {
                 StatusArg::Replayed => RowStatus::Replayed,
                 StatusArg::Purged => RowStatus::Purged,
             }),
+            limit: None,
         }
     }
 }

@@ -116,7 +116,7 @@ fn store_selection(filter: &Filter, handler: &str) -> Selection {
         fingerprint: filter.fingerprint.clone(),
         since: filter.since,
         status: Some(filter.status.unwrap_or(RowStatus::Pending)),
-        limit: None,
+        limit: filter.limit.and_then(|l| i64::try_from(l).ok()),
     }
 }
 
@@ -160,18 +160,25 @@ fn kind_cell(kind: ErrorKind) -> (String, Colour) {
     (kind.to_string(), colour)
 }
 
+/// How many dead letters `dlq list` shows from the store without `--limit`.
+const STORE_LIST_LIMIT: usize = 1000;
+
 async fn list(
     setup: &Setup,
     connection: &Connection,
     args: ListArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
-    let filter = args.filters.filter(&[]);
+    let mut filter = args.filters.filter(&[]);
+    if setup.config.dlq_store {
+        // The store may hold millions: read only what is shown.
+        filter.limit = Some(args.limit.unwrap_or(STORE_LIST_LIMIT));
+    }
     let held = hold(setup, connection, &filter).await?;
     let total: usize = held.iter().map(|h| h.queue.entries.len()).sum();
     let mut chosen = selected(&held, &filter);
     let matched = chosen.len();
-    chosen.truncate(args.limit.unwrap_or(usize::MAX));
+    chosen.truncate(filter.limit.or(args.limit).unwrap_or(usize::MAX));
     let now = Utc::now();
     if args.json {
         for (_, entry) in &chosen {
@@ -230,11 +237,18 @@ async fn list(
             ],
             &rows,
         );
-        console.line(format!(
-            "{} shown, {matched} matching, {total} in {} dead-letter queue(s); `dlq show <event id>` for details",
-            chosen.len(),
-            held.len()
-        ));
+        match filter.limit {
+            Some(limit) => console.line(format!(
+                "{} shown from the dead-letter store (oldest first, at most {limit} per handler; \
+                 --limit for more); `dlq show <event id>` for details",
+                chosen.len()
+            )),
+            None => console.line(format!(
+                "{} shown, {matched} matching, {total} in {} dead-letter queue(s); `dlq show <event id>` for details",
+                chosen.len(),
+                held.len()
+            )),
+        }
     }
     let nothing = chosen.is_empty();
     drop(chosen);

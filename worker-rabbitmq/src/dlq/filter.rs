@@ -26,6 +26,8 @@ pub struct Filter {
     pub fingerprint: Option<String>,
     /// Only rows of the store in this state (the store only; a queue holds pending ones).
     pub status: Option<RowStatus>,
+    /// Read at most this many from the store, oldest first (a queue is always read whole).
+    pub limit: Option<usize>,
 }
 
 impl Filter {

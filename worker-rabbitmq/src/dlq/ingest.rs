@@ -50,7 +50,7 @@ pub async fn ingest_queue(
         .create_channel()
         .await
         .map_err(DlqError::broker("open a channel"))?;
-    channel
+    let exists = channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
@@ -59,10 +59,12 @@ pub async fn ingest_queue(
             },
             FieldTable::default(),
         )
-        .await
-        .map_err(DlqError::broker(format!(
-            "find the dead-letter queue {queue}"
-        )))?;
+        .await;
+    if exists.is_err() {
+        // Not declared yet: the handler never ran, so nothing was dead-lettered there.
+        tracing::debug!(queue, "no dead-letter queue yet: nothing to ingest");
+        return Ok(0);
+    }
     let prefetch = u16::try_from(BATCH * 2).unwrap_or(u16::MAX);
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
