@@ -686,7 +686,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// The URL with its passwords replaced by `***`, for logs, errors and `Debug`: the userinfo's
-/// (`amqp://user:***@host`, also written when the URL names a user without a password, so
+/// (`scheme://user:***@host`, also written when the URL names a user without a password, so
 /// the output does not tell which) and the value of every query parameter whose name suggests a
 /// secret (`?password=***`, `sslpassword`, `passphrase`, `token`, `secret`; matched without
 /// case, after percent-decoding the name, as the drivers read it).
@@ -784,9 +784,9 @@ fn percent_decode(text: &str) -> String {
 /// ```
 /// use worker_core::transport::config::RedactedUrl;
 ///
-/// let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// assert_eq!(format!("{:?}", RedactedUrl(url)), r#""amqp://guest:***@127.0.0.1:5672/%2f""#);
-/// assert_eq!(RedactedUrl(url).to_string(), "amqp://guest:***@127.0.0.1:5672/%2f");
+/// let url = "postgres://guest:guest@127.0.0.1:5672/%2f";
+/// assert_eq!(format!("{:?}", RedactedUrl(url)), r#""postgres://guest:***@127.0.0.1:5672/%2f""#);
+/// assert_eq!(RedactedUrl(url).to_string(), "postgres://guest:***@127.0.0.1:5672/%2f");
 /// ```
 #[derive(Clone, Copy)]
 pub struct RedactedUrl<'a>(pub &'a str);
@@ -865,8 +865,8 @@ mod tests {
             "postgres://db/x?sslmode=verify-full&sslpassword=***#frag"
         );
         assert_eq!(
-            redact_url("amqps://u:pw3@h:5671/v?heartbeat=10&PassWord=pw4"),
-            "amqps://u:***@h:5671/v?heartbeat=10&PassWord=***"
+            redact_url("postgresql://u:pw3@h:5671/v?heartbeat=10&PassWord=pw4"),
+            "postgresql://u:***@h:5671/v?heartbeat=10&PassWord=***"
         );
         // A name written percent-encoded is still a password to the driver.
         assert_eq!(
@@ -879,8 +879,8 @@ mod tests {
         );
         // Raw `?` and `#` in a password (the URL does not parse; its error shows it redacted).
         assert_eq!(
-            redact_url("amqp://u:p?a#s@h:5672/v"),
-            "amqp://u:***@h:5672/v"
+            redact_url("postgres://u:p?a#s@h:5672/v"),
+            "postgres://u:***@h:5672/v"
         );
         // A query password is hidden even where the value is not a URL.
         assert_eq!(redact_url("db?token=pw6"), "db?token=***");

@@ -96,8 +96,11 @@ async fn run(args: &Args, bin: &PathBuf, id: &str) -> Result<(), BoxError> {
              'poison Err' || chr(65 + (i % {GROUPS})::int) || ': amount -N', 1, \
              now() - (i || ' milliseconds')::interval, now() - (i || ' milliseconds')::interval, \
              now() - (i || ' milliseconds')::interval, \
-             jsonb_set(jsonb_set($4::jsonb, '{{originalMessage,id}}', to_jsonb('evt_' || i)), \
+             jsonb_set(jsonb_set(jsonb_set($4::jsonb, '{{originalMessage,id}}', \
+                       to_jsonb('evt_' || i)), \
                        '{{failureMetadata,traceId}}', to_jsonb(md5(i::text))), \
+                       '{{failureMetadata,lastError}}', \
+                       to_jsonb('Err' || chr(65 + (i % {GROUPS})::int) || ': amount -5')), \
              '{{}}'::jsonb \
              FROM generate_series($1::bigint, $2::bigint - 1) AS i",
             table = format_args!("{}.dead_letters", schema.quoted())
