@@ -685,6 +685,11 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     worker_duration::parse(value).map_err(|e| e.to_string())
 }
 
+/// Writes a duration as [`parse_duration`] reads it: `7d`, `1h30m`, `250ms`.
+pub fn format_duration(duration: Duration) -> String {
+    worker_duration::format(duration)
+}
+
 /// The URL with its passwords replaced by `***`, for logs, errors and `Debug`: the userinfo's
 /// (`scheme://user:***@host`, also written when the URL names a user without a password, so
 /// the output does not tell which) and the value of every query parameter whose name suggests a

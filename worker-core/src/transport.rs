@@ -228,8 +228,8 @@ pub mod breaker {
 /// Reading settings: the environment snapshot, the value parsers and URL redaction.
 pub mod config {
     pub use crate::config::{
-        app_name, handler_env_name, parse_bool, parse_duration, parse_positive, redact_url,
-        RedactedUrl, Secret, Variables, DEFAULT_DATABASE_URL, DEFAULT_MAX_RETRY_AFTER,
+        app_name, format_duration, handler_env_name, parse_bool, parse_duration, parse_positive,
+        redact_url, RedactedUrl, Secret, Variables, DEFAULT_DATABASE_URL, DEFAULT_MAX_RETRY_AFTER,
         MAX_DEFAULT_BATCH_SIZE,
     };
     pub use crate::handler::DEFAULT_CONCURRENCY;

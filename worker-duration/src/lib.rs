@@ -100,6 +100,37 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     parse_millis(text).map(Duration::from_millis)
 }
 
+/// Writes `duration` in the grammar, largest unit first (`7d`, `1h30m`, `250ms`, `0s`), so that
+/// [`parse`] reads it back (sub-millisecond parts are dropped).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// assert_eq!(worker_duration::format(Duration::from_secs(7 * 24 * 3600)), "7d");
+/// assert_eq!(worker_duration::format(Duration::from_secs(5400)), "1h30m");
+/// assert_eq!(worker_duration::parse("1h30m").unwrap(), Duration::from_secs(5400));
+/// ```
+pub fn format(duration: Duration) -> String {
+    let mut left = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    if left == 0 {
+        return "0s".into();
+    }
+    let mut text = String::new();
+    for (unit, millis) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if left >= millis {
+            text.push_str(&format!("{}{unit}", left / millis));
+            left %= millis;
+        }
+    }
+    text
+}
+
 /// [`parse`], in whole milliseconds (what the grammar can express).
 pub fn parse_millis(text: &str) -> Result<u64, DurationError> {
     let text = text.trim();

@@ -47,10 +47,11 @@ use crate::migrations::{Component, Migration, MigrationError};
 /// The `dead_letters` table's versions.
 pub(crate) const COMPONENT: Component = Component {
     name: "dead_letters",
-    migrations: &[Migration {
-        version: 1,
-        description: "dead_letters table and its indexes",
-        sql: "CREATE TABLE {schema}.dead_letters (
+    migrations: &[
+        Migration {
+            version: 1,
+            description: "dead_letters table and its indexes",
+            sql: "CREATE TABLE {schema}.dead_letters (
                   id               BIGSERIAL   PRIMARY KEY,
                   record_key       TEXT        NOT NULL UNIQUE,
                   queue            TEXT        NOT NULL,
@@ -87,8 +88,72 @@ pub(crate) const COMPONENT: Component = Component {
               CREATE INDEX dead_letters_settled_idx
                   ON {schema}.dead_letters (coalesce(replayed_at, purged_at))
                   WHERE status <> 'pending';",
-    }],
+        },
+        Migration {
+            version: 2,
+            description: "dead_letter_groups counts kept by triggers; replay corrections; \
+                          failure-group index by handler",
+            sql: GROUPS_SQL,
+        },
+    ],
 };
+
+/// Version 2: `dead_letter_groups` holds the number of rows per handler, status and failure
+/// group, kept exact by statement-level triggers (one aggregate per ingested batch, not per
+/// row), so `dlq stats` and the metrics read a few rows instead of counting millions. The
+/// triggers are created before the backfill: `CREATE TRIGGER` waits for inserts in flight and
+/// holds new ones until this transaction commits, so every row is counted exactly once. Also the
+/// columns a replay with a corrected payload fills in, and the failure-group index led by the
+/// handler (the tools always ask per handler).
+const GROUPS_SQL: &str = "CREATE TABLE {schema}.dead_letter_groups (
+        handler     TEXT   NOT NULL,
+        status      TEXT   NOT NULL,
+        fingerprint TEXT   NOT NULL,  -- '' for messages that are not records
+        error_kind  TEXT   NOT NULL,  -- '' likewise
+        count       BIGINT NOT NULL,
+        PRIMARY KEY (handler, status, fingerprint)
+    );
+    CREATE FUNCTION {schema}.dead_letter_groups_count() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            UPDATE {schema}.dead_letter_groups AS g SET count = g.count - o.n
+            FROM (SELECT handler, status, coalesce(fingerprint, '') AS fingerprint,
+                         count(*) AS n
+                  FROM old_rows GROUP BY 1, 2, 3) AS o
+            WHERE g.handler = o.handler AND g.status = o.status
+              AND g.fingerprint = o.fingerprint;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            -- In key order, so concurrent batches lock the group rows in the same order.
+            INSERT INTO {schema}.dead_letter_groups AS g
+                   (handler, status, fingerprint, error_kind, count)
+            SELECT handler, status, coalesce(fingerprint, ''), coalesce(min(error_kind), ''),
+                   count(*)
+            FROM new_rows GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+            ON CONFLICT (handler, status, fingerprint)
+            DO UPDATE SET count = g.count + excluded.count;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER dead_letter_groups_insert AFTER INSERT ON {schema}.dead_letters
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION {schema}.dead_letter_groups_count();
+    CREATE TRIGGER dead_letter_groups_update AFTER UPDATE ON {schema}.dead_letters
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION {schema}.dead_letter_groups_count();
+    CREATE TRIGGER dead_letter_groups_delete AFTER DELETE ON {schema}.dead_letters
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION {schema}.dead_letter_groups_count();
+    INSERT INTO {schema}.dead_letter_groups (handler, status, fingerprint, error_kind, count)
+    SELECT handler, status, coalesce(fingerprint, ''), coalesce(min(error_kind), ''), count(*)
+    FROM {schema}.dead_letters GROUP BY 1, 2, 3;
+    ALTER TABLE {schema}.dead_letters
+        ADD COLUMN replayed_payload JSONB,
+        ADD COLUMN payload_changes  JSONB;
+    DROP INDEX {schema}.dead_letters_fingerprint_idx;
+    CREATE INDEX dead_letters_group_idx
+        ON {schema}.dead_letters (handler, status, fingerprint, dead_lettered_at);";
 
 /// One message of a dead-letter queue, ready to be stored: a §5 record, or whatever else
 /// someone published into the queue (kept byte for byte, with why it is not a record).
@@ -235,6 +300,8 @@ pub struct Selection {
     pub fingerprint: Option<String>,
     /// Dead-lettered at or after.
     pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before.
+    pub until: Option<DateTime<Utc>>,
     /// The row's status (`None`: any).
     pub status: Option<RowStatus>,
     /// At most this many rows, oldest first.
@@ -324,6 +391,9 @@ impl DeadLetterStore {
         if let Some(since) = selection.since {
             query.push(" AND dead_lettered_at >= ").push_bind(since);
         }
+        if let Some(until) = selection.until {
+            query.push(" AND dead_lettered_at < ").push_bind(until);
+        }
         if let Some(status) = selection.status {
             query.push(" AND status = ").push_bind(status.as_str());
         }
@@ -352,6 +422,32 @@ impl DeadLetterStore {
     }
 }
 
+impl DeadLetterStore {
+    /// Marks row `id` replayed with a corrected payload, recording the payload that was
+    /// published and `changes` (what differs from the original); `false` when the row was not
+    /// pending any more.
+    pub async fn mark_corrected(
+        &self,
+        pool: &PgPool,
+        id: i64,
+        payload: &serde_json::Value,
+        changes: &serde_json::Value,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE {}.dead_letters SET status = 'replayed', replayed_at = now(), \
+             replayed_payload = $2, payload_changes = $3 \
+             WHERE id = $1 AND status = 'pending'",
+            self.schema.quoted()
+        ))
+        .bind(id)
+        .bind(payload)
+        .bind(changes)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
 /// One failure group of a handler, counted by [`DeadLetterStore::groups`].
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
@@ -372,20 +468,121 @@ pub struct GroupRow {
 }
 
 impl DeadLetterStore {
-    /// The rows `selection` picks, counted by handler and failure group, in the database.
+    /// The rows `selection` picks, counted by handler and failure group. A selection by handler,
+    /// status, error kind and fingerprint only (what `dlq stats` and the metrics ask) reads the
+    /// counts kept in `dead_letter_groups`, and one index lookup per group for its oldest and
+    /// newest dead letter; any other criterion counts the matching rows.
     pub async fn groups(
         &self,
         pool: &PgPool,
         selection: &Selection,
     ) -> Result<Vec<GroupRow>, sqlx::Error> {
-        let mut query = sqlx::QueryBuilder::new(
-            "SELECT handler, fingerprint, min(error_kind) AS error_kind, count(*) AS count, \
-             min(first_failed_at) AS oldest, max(last_failed_at) AS newest, \
-             min(event_id) AS example ",
-        );
-        self.push_from_where(&mut query, selection);
-        query.push(" GROUP BY handler, fingerprint");
-        query.build_query_as().fetch_all(pool).await
+        let counted = selection.event_ids.is_empty()
+            && selection.trace_id_prefix.is_none()
+            && selection.event_type.is_none()
+            && selection.since.is_none()
+            && selection.until.is_none();
+        if !counted {
+            let mut query = sqlx::QueryBuilder::new(
+                "SELECT handler, fingerprint, min(error_kind) AS error_kind, count(*) AS count, \
+                 min(first_failed_at) AS oldest, max(last_failed_at) AS newest, \
+                 min(event_id) AS example ",
+            );
+            self.push_from_where(&mut query, selection);
+            query.push(" GROUP BY handler, fingerprint");
+            return query.build_query_as().fetch_all(pool).await;
+        }
+        let schema = self.schema.quoted();
+        let mut query = sqlx::QueryBuilder::new(format!(
+            "SELECT handler, status, fingerprint, error_kind, sum(count)::bigint AS count \
+             FROM {schema}.dead_letter_groups WHERE count > 0"
+        ));
+        if let Some(handler) = &selection.handler {
+            query.push(" AND handler = ").push_bind(handler.clone());
+        }
+        if let Some(status) = selection.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(kind) = &selection.error_kind {
+            query.push(" AND error_kind = ").push_bind(kind.clone());
+        }
+        if let Some(fingerprint) = &selection.fingerprint {
+            query
+                .push(" AND fingerprint = ")
+                .push_bind(fingerprint.clone());
+        }
+        query.push(" GROUP BY handler, status, fingerprint, error_kind");
+        let counts: Vec<(String, String, String, String, i64)> =
+            query.build_query_as().fetch_all(pool).await?;
+        // Per (handler, fingerprint): the count over the statuses asked for, and each status's
+        // oldest and newest row, found through `dead_letters_group_idx`.
+        let mut groups: Vec<GroupRow> = Vec::new();
+        for (handler, status, fingerprint, kind, count) in counts {
+            let fingerprint = (!fingerprint.is_empty()).then_some(fingerprint);
+            let ends = format!(
+                "SELECT (SELECT first_failed_at FROM {schema}.dead_letters WHERE {w} \
+                         ORDER BY dead_lettered_at LIMIT 1), \
+                        (SELECT coalesce(last_failed_at, dead_lettered_at) \
+                         FROM {schema}.dead_letters WHERE {w} \
+                         ORDER BY dead_lettered_at DESC LIMIT 1), \
+                        (SELECT event_id FROM {schema}.dead_letters WHERE {w} \
+                         ORDER BY dead_lettered_at LIMIT 1)",
+                w = match fingerprint {
+                    Some(_) => "handler = $1 AND status = $2 AND fingerprint = $3",
+                    None =>
+                        "handler = $1 AND status = $2 AND fingerprint IS NULL \
+                             AND $3::text IS NULL",
+                }
+            );
+            let (oldest, newest, example): (
+                Option<DateTime<Utc>>,
+                Option<DateTime<Utc>>,
+                Option<String>,
+            ) = sqlx::query_as(&ends)
+                .bind(&handler)
+                .bind(&status)
+                .bind(&fingerprint)
+                .fetch_one(pool)
+                .await?;
+            match groups
+                .iter_mut()
+                .find(|g| g.handler == handler && g.fingerprint == fingerprint)
+            {
+                Some(group) => {
+                    group.count += count;
+                    group.oldest = min_option(group.oldest, oldest, false);
+                    group.newest = min_option(group.newest, newest, true);
+                    if oldest.is_some() && group.oldest == oldest {
+                        group.example = example;
+                    }
+                }
+                None => groups.push(GroupRow {
+                    handler,
+                    fingerprint,
+                    error_kind: (!kind.is_empty()).then_some(kind),
+                    count,
+                    oldest,
+                    newest,
+                    example,
+                }),
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Pending dead letters per handler and failure group, from the kept counts: the metrics'
+    /// source, cheap enough to read every scrape interval.
+    pub async fn pending_counts(
+        &self,
+        pool: &PgPool,
+    ) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT handler, fingerprint, count FROM {}.dead_letter_groups \
+             WHERE status = 'pending' AND count > 0",
+            self.schema.quoted()
+        ))
+        .fetch_all(pool)
+        .await
     }
 
     /// Deletes up to 10,000 replayed or purged rows whose replay or purge is older than
@@ -400,7 +597,26 @@ impl DeadLetterStore {
         .bind(format!("{} milliseconds", retention.as_millis()))
         .execute(pool)
         .await?;
+        // Groups whose every row is gone; a concurrent insert re-creates its group.
+        sqlx::query(&format!(
+            "DELETE FROM {}.dead_letter_groups WHERE count = 0",
+            self.schema.quoted()
+        ))
+        .execute(pool)
+        .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// The earlier (`later` false) or later of two optional times.
+fn min_option(
+    a: Option<DateTime<Utc>>,
+    b: Option<DateTime<Utc>>,
+    later: bool,
+) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if later { a.max(b) } else { a.min(b) }),
+        (a, b) => a.or(b),
     }
 }
 

@@ -186,7 +186,7 @@ pub(crate) enum DlqCommand {
     /// (attempts reset, trace continued); each entry leaves the DLQ only after the broker
     /// confirmed its copy.
     #[command(
-        after_help = "Examples:\n  {bin} dlq replay evt_8f3a evt_91c2\n  {bin} dlq replay --trace-id 4bf92f35 --dry-run\n  {bin} dlq replay --handler charge-on-order-placed --error-kind retryable --rate 20\n  {bin} dlq replay --all"
+        after_help = "Examples:\n  {bin} dlq replay evt_8f3a evt_91c2\n  {bin} dlq replay --trace-id 4bf92f35 --dry-run\n  {bin} dlq replay --handler charge-on-order-placed --error-kind retryable --rate 20\n  {bin} dlq replay --fingerprint \"retryable IssuerDown: issuer unavailable\" --since 2026-12-04T03:00:00Z --until 2026-12-04T04:00:00Z\n  {bin} dlq replay evt_8f3a --payload fixed.json\n  {bin} dlq replay --all"
     )]
     Replay(ReplayArgs),
     /// Remove dead letters for good. Without --yes it only says what it would remove.
@@ -214,9 +214,14 @@ pub(crate) enum KindArg {
     Retryable,
 }
 
-/// A duration back from now: `30s`, `15m`, `2h`, `7d`.
+/// A duration back from now (`30s`, `15m`, `2h`, `7d`) or an RFC 3339 time
+/// (`2026-12-04T03:00:00Z`).
 fn parse_since(value: &str) -> Result<DateTime<Utc>, String> {
-    let duration = worker_core::transport::config::parse_duration(value)?;
+    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let duration = worker_core::transport::config::parse_duration(value)
+        .map_err(|e| format!("{e}; or give a time such as 2026-12-04T03:00:00Z"))?;
     let duration = chrono::Duration::from_std(duration).map_err(|e| e.to_string())?;
     Ok(Utc::now() - duration)
 }
@@ -238,9 +243,14 @@ pub(crate) struct FilterArgs {
     /// Only poison messages or only exhausted retries.
     #[arg(long, value_enum)]
     pub(crate) error_kind: Option<KindArg>,
-    /// Only entries whose last failure is this recent: 30s, 15m, 2h, 7d.
-    #[arg(long, value_name = "AGE", value_parser = parse_since)]
+    /// Only entries whose last failure is this recent (30s, 15m, 2h, 7d) or at or after
+    /// this time (2026-12-04T03:00:00Z).
+    #[arg(long, value_name = "AGE|TIME", value_parser = parse_since)]
     pub(crate) since: Option<DateTime<Utc>>,
+    /// Only entries whose last failure is older than this (2h) or before this time; with
+    /// --since, a time range.
+    #[arg(long, value_name = "AGE|TIME", value_parser = parse_since)]
+    pub(crate) until: Option<DateTime<Utc>>,
     /// Only this failure group, as `dlq stats` prints it (e.g. "poison InvalidAmount: -N").
     #[arg(long, value_name = "GROUP")]
     pub(crate) fingerprint: Option<String>,
@@ -268,6 +278,7 @@ impl FilterArgs {
                 KindArg::Retryable => ErrorKind::Retryable,
             }),
             since: self.since,
+            until: self.until,
             fingerprint: self.fingerprint.clone(),
             status: self.status.map(|s| match s {
                 StatusArg::Pending => RowStatus::Pending,
@@ -337,6 +348,16 @@ pub(crate) struct ReplayArgs {
     /// At most this many replays per second (e.g. 10 or 10/s).
     #[arg(long, value_name = "N/s", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
+    /// Replay one dead letter with this corrected payload (a JSON file) instead of the
+    /// producer's; the store keeps the original and records what changed (needs
+    /// WORKER_DLQ_STORE=on).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) payload: Option<std::path::PathBuf>,
+    /// Replay dead letters that failed longer ago than the dedup retention
+    /// (WORKER_DEDUP_RETENTION): their dedup rows may be gone, so an event that was in fact
+    /// processed would run again.
+    #[arg(long)]
+    pub(crate) force: bool,
     /// One JSON line per entry instead of text.
     #[arg(long)]
     pub(crate) json: bool,

@@ -25,18 +25,43 @@ pub(super) async fn run(
     command: DlqCommand,
     console: &mut Console,
 ) -> Result<u8, CliError> {
-    let connection = Arc::new(open(setup).await?);
+    let broker = Broker {
+        setup,
+        connection: tokio::sync::OnceCell::new(),
+    };
     let result = match command {
-        DlqCommand::List(args) => list(setup, &connection, args, console).await,
-        DlqCommand::Show(args) => show(setup, &connection, args, console).await,
-        DlqCommand::Stats(args) => stats(setup, &connection, args, console).await,
-        DlqCommand::Replay(args) => replay(setup, &connection, args, console).await,
-        DlqCommand::Purge(args) => purge(setup, &connection, args, console).await,
-        DlqCommand::Ingest(args) => ingest(setup, &connection, args, console).await,
+        DlqCommand::List(args) => list(setup, &broker, args, console).await,
+        DlqCommand::Show(args) => show(setup, &broker, args, console).await,
+        DlqCommand::Stats(args) => stats(setup, &broker, args, console).await,
+        DlqCommand::Replay(args) => replay(setup, &broker, args, console).await,
+        DlqCommand::Purge(args) => purge(setup, &broker, args, console).await,
+        DlqCommand::Ingest(args) => ingest(setup, &broker, args, console).await,
     };
     // Closing the connection gives back anything still held, whatever happened above.
-    let _ = connection.close(200, "dlq command done".into()).await;
+    broker.close().await;
     result
+}
+
+/// The broker connection, opened by the first step that needs it: with the dead-letter store,
+/// `list`, `show`, `stats`, `purge` and a dry-run `replay` read and write only the database and
+/// never connect (an answer in milliseconds, also while the broker is down).
+struct Broker<'a> {
+    setup: &'a Setup,
+    connection: tokio::sync::OnceCell<Arc<Connection>>,
+}
+
+impl Broker<'_> {
+    async fn get(&self) -> Result<&Arc<Connection>, CliError> {
+        self.connection
+            .get_or_try_init(|| async { Ok(Arc::new(open(self.setup).await?)) })
+            .await
+    }
+
+    async fn close(self) {
+        if let Some(connection) = self.connection.get() {
+            let _ = connection.close(200, "dlq command done".into()).await;
+        }
+    }
 }
 
 /// One handler's dead-letter queue, held.
@@ -46,11 +71,7 @@ struct Held {
     queue: HeldQueue,
 }
 
-async fn hold(
-    setup: &Setup,
-    connection: &Connection,
-    filter: &Filter,
-) -> Result<Vec<Held>, CliError> {
+async fn hold(setup: &Setup, broker: &Broker<'_>, filter: &Filter) -> Result<Vec<Held>, CliError> {
     for wanted in &filter.handlers {
         if !setup.specs.iter().any(|s| s.name == wanted) {
             let known: Vec<_> = setup.specs.iter().map(|s| s.name).collect();
@@ -82,7 +103,7 @@ async fn hold(
                 let selection = store_selection(filter, spec.name);
                 HeldQueue::from_store(pool, store, &names.dlq, &selection).await?
             }
-            None => HeldQueue::hold(connection, &names.dlq).await?,
+            None => HeldQueue::hold(broker.get().await?, &names.dlq).await?,
         };
         held.push(Held {
             handler: spec.name,
@@ -115,6 +136,7 @@ fn store_selection(filter: &Filter, handler: &str) -> Selection {
         error_kind: filter.error_kind.map(|k| k.as_str().to_owned()),
         fingerprint: filter.fingerprint.clone(),
         since: filter.since,
+        until: filter.until,
         status: Some(filter.status.unwrap_or(RowStatus::Pending)),
         limit: filter.limit.and_then(|l| i64::try_from(l).ok()),
     }
@@ -165,7 +187,7 @@ const STORE_LIST_LIMIT: usize = 1000;
 
 async fn list(
     setup: &Setup,
-    connection: &Connection,
+    broker: &Broker<'_>,
     args: ListArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
@@ -174,7 +196,7 @@ async fn list(
         // The store may hold millions: read only what is shown.
         filter.limit = Some(args.limit.unwrap_or(STORE_LIST_LIMIT));
     }
-    let held = hold(setup, connection, &filter).await?;
+    let held = hold(setup, broker, &filter).await?;
     let total: usize = held.iter().map(|h| h.queue.entries.len()).sum();
     let mut chosen = selected(&held, &filter);
     let matched = chosen.len();
@@ -264,7 +286,7 @@ async fn list(
 
 async fn show(
     setup: &Setup,
-    connection: &Connection,
+    broker: &Broker<'_>,
     args: ShowArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
@@ -273,7 +295,7 @@ async fn show(
         event_ids: vec![args.event_id.clone()],
         ..Default::default()
     };
-    let held = hold(setup, connection, &filter).await?;
+    let held = hold(setup, broker, &filter).await?;
     let chosen = selected(&held, &filter);
     let now = Utc::now();
     let mut first = true;
@@ -411,10 +433,10 @@ type Counted = (
 /// [`Counted`] from the queues: every entry read and grouped here.
 async fn queue_groups(
     setup: &Setup,
-    connection: &Connection,
+    broker: &Broker<'_>,
     filter: &Filter,
 ) -> Result<Counted, CliError> {
-    let held = hold(setup, connection, filter).await?;
+    let held = hold(setup, broker, filter).await?;
     let chosen = selected(&held, filter);
     let mut handlers: BTreeMap<&'static str, (usize, usize, usize)> =
         held.iter().map(|h| (h.handler, (0, 0, 0))).collect();
@@ -512,14 +534,14 @@ async fn store_groups(setup: &Setup, filter: &Filter) -> Result<Counted, CliErro
 
 async fn stats(
     setup: &Setup,
-    connection: &Connection,
+    broker: &Broker<'_>,
     args: StatsArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
     let filter = args.filters.filter(&[]);
     let (handlers, groups) = match setup.config.dlq_store {
         true => store_groups(setup, &filter).await?,
-        false => queue_groups(setup, connection, &filter).await?,
+        false => queue_groups(setup, broker, &filter).await?,
     };
     let mut groups: Vec<_> = groups.into_iter().collect();
     groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
@@ -622,6 +644,15 @@ fn describe(filter: &Filter) -> String {
     if let Some(s) = filter.since {
         parts.push(format!("failed since {}", format_time(s)));
     }
+    if let Some(u) = filter.until {
+        parts.push(format!("failed before {}", format_time(u)));
+    }
+    if let Some(f) = &filter.fingerprint {
+        parts.push(format!("failure group \"{f}\""));
+    }
+    if let Some(s) = filter.status {
+        parts.push(format!("status {}", s.as_str()));
+    }
     if parts.is_empty() {
         "(the dead-letter queues are empty)".into()
     } else {
@@ -660,22 +691,68 @@ fn action_line(
 
 async fn replay(
     setup: &Setup,
-    connection: &Arc<Connection>,
+    broker: &Broker<'_>,
     args: ReplayArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
     let filter = selection(&args.ids, args.all, &args.filters, "replay")?;
+    let correction = match &args.payload {
+        Some(path) => Some(corrected_payload(setup, path)?),
+        None => None,
+    };
     if !args.dry_run {
         // The work queues must exist, or the mandatory publish would come back unroutable.
-        declare(connection, setup).await?;
+        declare(broker.get().await?, setup).await?;
     }
-    let held = hold(setup, connection, &filter).await?;
+    let held = hold(setup, broker, &filter).await?;
     let chosen = selected(&held, &filter);
     if chosen.is_empty() {
         release(held).await;
         return Err(CliError::NothingMatched(describe(&filter)));
     }
-    let publisher = Publisher::new(Arc::clone(connection));
+    if correction.is_some() && chosen.len() != 1 {
+        let matched = chosen.len();
+        drop(chosen);
+        release(held).await;
+        return Err(CliError::Usage(format!(
+            "--payload replays one dead letter with a corrected body, but {matched} match \
+             {}: name one by its event id (and --handler if two handlers hold it)",
+            describe(&filter)
+        )));
+    }
+    // A dead letter older than the dedup retention may have lost its dedup row (if the event
+    // was in fact processed, by another copy), so replaying it could run the handler twice.
+    let retention = setup.config.dedup_retention;
+    let horizon =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let stale = chosen
+        .iter()
+        .filter(|(_, e)| {
+            e.record
+                .as_ref()
+                .is_ok_and(|r| r.failure_metadata.first_failed_at < horizon)
+        })
+        .count();
+    if stale > 0 {
+        let warning = format!(
+            "{stale} of {} matching dead letter(s) first failed more than {} ago \
+             (WORKER_DEDUP_RETENTION): their dedup rows may have been pruned, so an event that \
+             was in fact processed would run again",
+            chosen.len(),
+            worker_core::transport::config::format_duration(retention)
+        );
+        if !args.force && !args.dry_run {
+            drop(chosen);
+            release(held).await;
+            return Err(CliError::Usage(format!(
+                "{warning}. Add --force to replay them anyway, or narrow the selection \
+                 (e.g. --since {})",
+                worker_core::transport::config::format_duration(retention)
+            )));
+        }
+        console.warn(format!("warning: {warning}"));
+    }
+    let publisher = Publisher::new(Arc::clone(broker.get().await?));
     let pause = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let (mut replayed, mut skipped) = (0usize, 0usize);
     let mut failure = None;
@@ -703,7 +780,12 @@ async fn replay(
             tokio::time::sleep(pause).await;
         }
         let mut message = match replay_message(record) {
-            Ok(message) => message,
+            Ok(mut message) => {
+                if let Some(payload) = &correction {
+                    message.body = serde_json::to_vec(payload).expect("a JSON value serializes");
+                }
+                message
+            }
             Err(source) => {
                 console.warn(format!(
                     "error: {}",
@@ -751,7 +833,15 @@ async fn replay(
             });
             break;
         }
-        if let Err(error) = held.queue.remove(entry, RowStatus::Replayed).await {
+        let removed = match &correction {
+            Some(payload) => {
+                let changes = payload_changes(&record.original_message.payload, payload);
+                console.line(format!("corrected     {}", changes));
+                held.queue.remove_corrected(entry, payload, &changes).await
+            }
+            None => held.queue.remove(entry, RowStatus::Replayed).await,
+        };
+        if let Err(error) = removed {
             failure = Some(error);
             break;
         }
@@ -788,14 +878,68 @@ async fn replay(
     Ok(if skipped > 0 { super::exit::FAILED } else { 0 })
 }
 
+/// The corrected payload of `replay --payload FILE`: the file's JSON, with the store (which
+/// keeps the original beside the correction) required.
+fn corrected_payload(setup: &Setup, path: &std::path::Path) -> Result<serde_json::Value, CliError> {
+    if !setup.config.dlq_store {
+        return Err(CliError::Usage(
+            "--payload needs the dead-letter store (WORKER_DLQ_STORE=on): the store keeps the \
+             original record beside the correction and what changed; a dead-letter queue would \
+             lose the original"
+                .into(),
+        ));
+    }
+    let text = std::fs::read(path).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read the --payload file {}: {e}",
+            path.display()
+        ))
+    })?;
+    serde_json::from_slice(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "the --payload file {} is not JSON ({e}); it holds the event's corrected payload, \
+             e.g. {{\"orderId\": \"ord_1\", \"amount\": 5}}",
+            path.display()
+        ))
+    })
+}
+
+/// What a corrected payload changes, as the store records it: one `{path, before, after}` per
+/// differing value (JSON Pointer paths; objects compared key by key, anything else whole).
+fn payload_changes(before: &serde_json::Value, after: &serde_json::Value) -> serde_json::Value {
+    fn walk(
+        path: &str,
+        before: Option<&serde_json::Value>,
+        after: Option<&serde_json::Value>,
+        out: &mut Vec<serde_json::Value>,
+    ) {
+        match (before, after) {
+            (Some(serde_json::Value::Object(b)), Some(serde_json::Value::Object(a))) => {
+                let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+                for key in keys {
+                    let escaped = key.replace('~', "~0").replace('/', "~1");
+                    walk(&format!("{path}/{escaped}"), b.get(key), a.get(key), out);
+                }
+            }
+            (b, a) if b != a => {
+                out.push(json!({"path": path, "before": b, "after": a}));
+            }
+            _ => {}
+        }
+    }
+    let mut changes = Vec::new();
+    walk("", Some(before), Some(after), &mut changes);
+    serde_json::Value::Array(changes)
+}
+
 async fn purge(
     setup: &Setup,
-    connection: &Connection,
+    broker: &Broker<'_>,
     args: PurgeArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
     let filter = selection(&args.ids, args.all, &args.filters, "purge")?;
-    let held = hold(setup, connection, &filter).await?;
+    let held = hold(setup, broker, &filter).await?;
     let chosen = selected(&held, &filter);
     if chosen.is_empty() {
         release(held).await;
@@ -835,11 +979,12 @@ async fn purge(
 
 async fn ingest(
     setup: &Setup,
-    connection: &Connection,
+    broker: &Broker<'_>,
     args: IngestArgs,
     console: &mut Console,
 ) -> Result<u8, CliError> {
     let (pool, store) = open_store(setup).await?;
+    let connection: &Connection = broker.get().await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let idle = args.until_empty.then_some(Duration::from_secs(1));
     let queues: Vec<(&str, String)> = setup

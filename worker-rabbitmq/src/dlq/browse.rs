@@ -158,6 +158,37 @@ impl HeldQueue {
         })
     }
 
+    /// Marks a row of the store replayed with a corrected `payload`, recording `changes` (what
+    /// differs from the producer's payload). A queue keeps no such record: the caller allows
+    /// corrections with the store only.
+    pub async fn remove_corrected(
+        &self,
+        entry: &Entry,
+        payload: &serde_json::Value,
+        changes: &serde_json::Value,
+    ) -> Result<(), DlqError> {
+        let (Source::Store { pool, store }, HeldAs::Row(id)) = (&self.source, entry.held_as) else {
+            return self.remove(entry, RowStatus::Replayed).await;
+        };
+        let marked = store
+            .mark_corrected(pool, id, payload, changes)
+            .await
+            .map_err(|source| DlqError::Store {
+                action: format!(
+                    "mark dead letter {id} of `{}` replayed with a corrected payload",
+                    self.queue
+                ),
+                source,
+            })?;
+        if !marked {
+            tracing::warn!(
+                id, queue = %self.queue,
+                "dead letter was no longer pending (another operator acted on it)"
+            );
+        }
+        Ok(())
+    }
+
     /// Removes one held entry for good: acks it in the queue, or marks its row in the store
     /// `status` (replayed or purged).
     pub async fn remove(&self, entry: &Entry, status: RowStatus) -> Result<(), DlqError> {

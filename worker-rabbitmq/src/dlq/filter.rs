@@ -22,6 +22,8 @@ pub struct Filter {
     pub error_kind: Option<ErrorKind>,
     /// Only entries whose last failure is at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only entries whose last failure is before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Only this failure group ([`fingerprint`](super::fingerprint())).
     pub fingerprint: Option<String>,
     /// Only rows of the store in this state (the store only; a queue holds pending ones).
@@ -39,6 +41,7 @@ impl Filter {
             && self.event_type.is_none()
             && self.error_kind.is_none()
             && self.since.is_none()
+            && self.until.is_none()
             && self.fingerprint.is_none()
             && self.status.is_none()
     }
@@ -60,6 +63,7 @@ impl Filter {
                 && self.event_type.is_none()
                 && self.error_kind.is_none()
                 && self.since.is_none()
+                && self.until.is_none()
                 && self.fingerprint.is_none();
         };
         let meta = &record.failure_metadata;
@@ -84,6 +88,11 @@ impl Filter {
         }
         if let Some(since) = self.since {
             if meta.last_failed_at < since {
+                return false;
+            }
+        }
+        if let Some(until) = self.until {
+            if meta.last_failed_at >= until {
                 return false;
             }
         }
