@@ -318,7 +318,7 @@ pub mod shutdown {
 pub mod telemetry {
     pub use crate::telemetry::health::Health;
     pub use crate::telemetry::lag::{Taken, Unsettled};
-    pub use crate::telemetry::metrics::{Metrics, QueueKind};
+    pub use crate::telemetry::metrics::{Metrics, QueueKind, TOP_GROUPS};
     pub use crate::telemetry::propagation::traceparent;
     pub use crate::telemetry::{logging, server};
 }

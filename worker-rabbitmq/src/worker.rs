@@ -455,6 +455,7 @@ impl WorkerBuilder {
                 config.consumer.clone(),
                 dead_letter_queues,
                 config.dlq_store_retention,
+                Arc::clone(&metrics),
             )
         });
         tracing::info!(

@@ -14,6 +14,8 @@
 //! | `worker_breaker_state` | gauge | handler | the handler's circuit breaker: 0 closed, 1 open (not taking deliveries), 2 half-open (one probe delivery running) |
 //! | `worker_ready` | gauge | | 1 when `/readyz` would answer ready (broker, database, every consumer), else 0; evaluated at each scrape |
 //! | `worker_outbox_pending_events` | gauge | | outbox rows not yet published (polled by the relay) |
+//! | `worker_dead_letters_pending` | gauge | handler | dead letters pending in the dead-letter store (`WORKER_DLQ_STORE=on`; polled every 15 s) |
+//! | `worker_dead_letter_group_pending` | gauge | handler, fingerprint | pending dead letters of each handler's [`TOP_GROUPS`] largest failure groups; the rest summed as fingerprint `other` |
 
 use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,6 +41,16 @@ struct OutcomeLabels {
 struct HandlerLabels {
     handler: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    handler: String,
+    fingerprint: String,
+}
+
+/// How many failure groups per handler `worker_dead_letter_group_pending` names (the largest);
+/// the others are summed under fingerprint `other`, so the label set stays small.
+pub const TOP_GROUPS: usize = 5;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
@@ -83,6 +95,8 @@ pub struct Metrics {
     breaker: Family<HandlerLabels, Gauge>,
     ready: Gauge,
     outbox_pending: Gauge,
+    dead_letters_pending: Family<HandlerLabels, Gauge>,
+    dead_letter_groups: Family<GroupLabels, Gauge>,
     /// Each handler's unsettled deliveries, read into `lag` at each render.
     unsettled: std::sync::Mutex<Vec<std::sync::Arc<crate::telemetry::lag::Unsettled>>>,
 }
@@ -184,6 +198,18 @@ impl Metrics {
             "Outbox rows not yet published",
             outbox_pending.clone(),
         );
+        let dead_letters_pending = Family::<HandlerLabels, Gauge>::default();
+        registry.register(
+            "dead_letters_pending",
+            "Dead letters pending in the dead-letter store",
+            dead_letters_pending.clone(),
+        );
+        let dead_letter_groups = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "dead_letter_group_pending",
+            "Pending dead letters of each handler's largest failure groups (the rest: other)",
+            dead_letter_groups.clone(),
+        );
         Self {
             registry,
             messages,
@@ -197,6 +223,8 @@ impl Metrics {
             breaker,
             ready,
             outbox_pending,
+            dead_letters_pending,
+            dead_letter_groups,
             unsettled: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -222,6 +250,42 @@ impl Metrics {
     pub fn set_outbox_pending(&self, rows: u64) {
         self.outbox_pending
             .set(i64::try_from(rows).unwrap_or(i64::MAX));
+    }
+
+    /// Records the dead-letter store's pending rows, from `(handler, fingerprint, count)` of
+    /// every non-empty group (`""` for messages that are not records, shown as `unreadable`).
+    /// `handlers` are reported with 0 when they have none; groups beyond each handler's
+    /// [`TOP_GROUPS`] largest are summed as `other`, and groups that emptied disappear.
+    pub fn set_dead_letters_pending(&self, handlers: &[&str], groups: &[(String, String, i64)]) {
+        let mut by_handler: std::collections::BTreeMap<&str, Vec<(&str, i64)>> =
+            handlers.iter().map(|h| (*h, Vec::new())).collect();
+        for (handler, fingerprint, count) in groups {
+            by_handler
+                .entry(handler.as_str())
+                .or_default()
+                .push((fingerprint.as_str(), *count));
+        }
+        self.dead_letter_groups.clear();
+        for (name, mut groups) in by_handler {
+            groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+            let total: i64 = groups.iter().map(|g| g.1).sum();
+            self.dead_letters_pending
+                .get_or_create(&handler(name))
+                .set(total);
+            let other: i64 = groups.iter().skip(TOP_GROUPS).map(|g| g.1).sum();
+            let labelled = groups.iter().take(TOP_GROUPS).map(|(f, c)| {
+                let f = if f.is_empty() { "unreadable" } else { f };
+                (f, *c)
+            });
+            for (fingerprint, count) in labelled.chain((other > 0).then_some(("other", other))) {
+                self.dead_letter_groups
+                    .get_or_create(&GroupLabels {
+                        handler: name.into(),
+                        fingerprint: fingerprint.into(),
+                    })
+                    .set(count);
+            }
+        }
     }
 
     /// Records a polled queue depth.

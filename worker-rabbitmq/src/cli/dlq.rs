@@ -752,7 +752,11 @@ async fn replay(
         }
         console.warn(format!("warning: {warning}"));
     }
-    let publisher = Publisher::new(Arc::clone(broker.get().await?));
+    // A dry run publishes nothing, so it needs no broker with the store.
+    let publisher = match args.dry_run {
+        true => None,
+        false => Some(Publisher::new(Arc::clone(broker.get().await?))),
+    };
     let pause = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let (mut replayed, mut skipped) = (0usize, 0usize);
     let mut failure = None;
@@ -822,9 +826,14 @@ async fn replay(
             worker_core::transport::retry::WORKER_TRACEPARENT_HEADER.into(),
             worker_core::transport::message::HeaderValue::string(traceparent),
         );
-        if let Err(source) =
-            tracing::Instrument::instrument(publisher.publish("", &held.names.work, &message), span)
-                .await
+        if let Err(source) = tracing::Instrument::instrument(
+            publisher
+                .as_ref()
+                .expect("not a dry run: the publisher exists")
+                .publish("", &held.names.work, &message),
+            span,
+        )
+        .await
         {
             failure = Some(DlqError::Publish {
                 queue: held.names.work.clone(),

@@ -171,11 +171,29 @@ impl RunningIngester {
     }
 }
 
+/// Deletes every replayed and purged row older than `retention`, 10,000 at a time.
+async fn prune(pool: &PgPool, store: &DeadLetterStore, retention: Duration) {
+    loop {
+        match store.prune(pool, retention).await {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "expired dead letters deleted"),
+            Ok(_) => break,
+            Err(error) => {
+                tracing::warn!(%error, "cannot delete expired dead letters");
+                break;
+            }
+        }
+    }
+}
+
+/// How often the in-worker ingester reads the store's pending counts into the metrics.
+pub const METRICS_EVERY: Duration = Duration::from_secs(15);
+
 /// Starts moving the dead letters of `queues` (`(handler, dead-letter queue)`) into `store`, on
 /// a broker connection of its own, opened again (with a backoff up to 5 s) after it is lost.
 ///
 /// It also deletes replayed and purged rows older than `retention`, at start and then every
-/// [`PRUNE_EVERY`].
+/// [`PRUNE_EVERY`], and reports the pending dead letters per handler and failure group to
+/// `metrics` every [`METRICS_EVERY`].
 pub(crate) fn spawn(
     pool: PgPool,
     store: DeadLetterStore,
@@ -183,25 +201,29 @@ pub(crate) fn spawn(
     consumer: String,
     queues: Vec<(String, String)>,
     retention: Duration,
+    metrics: std::sync::Arc<worker_core::transport::telemetry::Metrics>,
 ) -> RunningIngester {
     let stop = CancellationToken::new();
     let token = stop.clone();
     let (prune_pool, prune_store, prune_token) = (pool.clone(), store.clone(), stop.clone());
+    let handlers: Vec<String> = queues.iter().map(|(handler, _)| handler.clone()).collect();
     tokio::spawn(async move {
+        let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
-            loop {
-                match prune_store.prune(&prune_pool, retention).await {
-                    Ok(n) if n > 0 => tracing::info!(rows = n, "expired dead letters deleted"),
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot delete expired dead letters");
-                        break;
-                    }
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(tokio::time::Instant::now());
+                prune(&prune_pool, &prune_store, retention).await;
+            }
+            match prune_store.pending_counts(&prune_pool).await {
+                Ok(groups) => {
+                    let names: Vec<&str> = handlers.iter().map(String::as_str).collect();
+                    metrics.set_dead_letters_pending(&names, &groups);
                 }
+                Err(error) => tracing::debug!(%error, "cannot count pending dead letters"),
             }
             tokio::select! {
                 _ = prune_token.cancelled() => break,
-                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = tokio::time::sleep(METRICS_EVERY) => {}
             }
         }
     });
