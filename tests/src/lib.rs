@@ -99,6 +99,9 @@ impl TestEnv {
             database_url: database_url(),
             db_schema: Identifier::new(&id).expect("test ids are identifiers"),
             consumer: "worker-tests-0.1.0".into(),
+            // These tests look at the dead-letter queues themselves; the store's own tests
+            // (`dlq_store`, `dlq_ingest`) turn it on.
+            dlq_store: false,
             shutdown_timeout: Duration::from_secs(10),
             db_pool_size: 40,
             metrics_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -451,6 +454,10 @@ impl TestEnv {
             ("WORKER_RETRY_CAP", "1s".into()),
             ("WORKER_RETRY_JITTER", "50ms".into()),
             ("WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
+            (
+                "WORKER_DLQ_STORE",
+                if self.config.dlq_store { "on" } else { "off" }.into(),
+            ),
             (
                 "WORKER_DELIVERY_LIMIT",
                 self.broker

@@ -177,6 +177,30 @@ async fn the_dlq_commands_read_and_act_on_the_store() {
         ),
         (0, 1, 1)
     );
+    // `dlq ingest` applies the retention too, and says what it deleted.
+    sqlx::query(&format!(
+        "UPDATE \"{}\".dead_letters SET purged_at = now() - interval '2 days' \
+         WHERE status = 'purged'",
+        env.id
+    ))
+    .execute(&env.pool)
+    .await
+    .expect("age the purge");
+    let mut short = env.settings();
+    short.worker.dlq_store_retention = std::time::Duration::from_secs(24 * 3600);
+    let ingest = cli_as(short, &["dlq", "ingest", "--until-empty"]).await;
+    assert_eq!(ingest.code, 0, "{}", ingest.stderr);
+    assert!(
+        ingest
+            .stdout
+            .contains("deleted 1 replayed or purged row(s) older than 1d"),
+        "{}",
+        ingest.stdout
+    );
+    assert_eq!(
+        (rows(&env, "purged").await, rows(&env, "pending").await),
+        (0, 1)
+    );
 
     // Without the store, --status has nothing to read.
     env.config.dlq_store = false;

@@ -203,7 +203,6 @@ fn vars(env: &TestEnv, amqp: &str, database: &str, format: &str) -> Vec<(&'stati
         ("DATABASE_URL", database.to_owned()),
         ("RUST_LOG", "trace".to_owned()),
         ("WORKER_LOG_FORMAT", format.to_owned()),
-        ("WORKER_DLQ_STORE", "off".to_owned()),
     ]);
     vars
 }

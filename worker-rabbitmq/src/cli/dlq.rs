@@ -994,6 +994,13 @@ async fn ingest(
 ) -> Result<u8, CliError> {
     let (pool, store) = open_store(setup).await?;
     let connection: &Connection = broker.get().await?;
+    let expired = crate::dlq::ingest::prune(&pool, &store, setup.config.dlq_store_retention).await;
+    if expired > 0 {
+        console.line(format!(
+            "deleted {expired} replayed or purged row(s) older than {}",
+            worker_core::transport::config::format_duration(setup.config.dlq_store_retention)
+        ));
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     let idle = args.until_empty.then_some(Duration::from_secs(1));
     let queues: Vec<(&str, String)> = setup

@@ -171,11 +171,17 @@ impl RunningIngester {
     }
 }
 
-/// Deletes every replayed and purged row older than `retention`, 10,000 at a time.
-async fn prune(pool: &PgPool, store: &DeadLetterStore, retention: Duration) {
+/// Deletes every replayed and purged row older than `retention`, 10,000 at a time; how many
+/// it deleted. A database error is logged (the next pass tries again), not returned: the rows
+/// only wait longer.
+pub(crate) async fn prune(pool: &PgPool, store: &DeadLetterStore, retention: Duration) -> u64 {
+    let mut deleted = 0;
     loop {
         match store.prune(pool, retention).await {
-            Ok(n) if n > 0 => tracing::info!(rows = n, "expired dead letters deleted"),
+            Ok(n) if n > 0 => {
+                deleted += n;
+                tracing::info!(rows = n, "expired dead letters deleted");
+            }
             Ok(_) => break,
             Err(error) => {
                 tracing::warn!(%error, "cannot delete expired dead letters");
@@ -183,6 +189,7 @@ async fn prune(pool: &PgPool, store: &DeadLetterStore, retention: Duration) {
             }
         }
     }
+    deleted
 }
 
 /// How often the in-worker ingester reads the store's pending counts into the metrics.
