@@ -34,7 +34,9 @@ async fn demo_outcomes_then_find_fix_and_replay() {
     // This test binary is the only one that touches the switch.
     std::env::set_var("PAYMENT_ISSUER_DOWN_FOR", "usr_77");
     worker_tests::ensure_consistent_hash_plugin();
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
+    // The README's story runs with the defaults: dead letters go on into the store.
+    env.config.dlq_store = true;
     let worker = order_worker::worker()
         .settings(env.settings())
         .start()
@@ -90,9 +92,17 @@ async fn demo_outcomes_then_find_fix_and_replay() {
     })
     .await;
     let charge_dlq = format!("{}.dlq", env.queue("charge-on-order-placed"));
-    eventually("poison and issuer-down orders dead-lettered", || async {
-        env.depth(&charge_dlq).await == 2
-    })
+    let pending = || async {
+        env.count(
+            "SELECT count(*) FROM dead_letters WHERE handler = $1 AND status = 'pending'",
+            "charge-on-order-placed",
+        )
+        .await
+    };
+    eventually(
+        "poison and issuer-down orders dead-lettered into the store",
+        || async { pending().await == 2 && env.depth(&charge_dlq).await == 0 },
+    )
     .await;
 
     // Find the poison order by a prefix of its trace id; it is in both handlers' DLQs.
@@ -136,11 +146,7 @@ async fn demo_outcomes_then_find_fix_and_replay() {
     .await;
     worker.shutdown().await.expect("shutdown");
     assert_eq!(env.count(CHARGES, &issuer).await, 1);
-    assert_eq!(
-        env.depth(&charge_dlq).await,
-        1,
-        "only the poison order is left"
-    );
+    assert_eq!(pending().await, 1, "only the poison order is left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

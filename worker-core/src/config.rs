@@ -10,7 +10,7 @@
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | database |
 //! | `WORKER_DB_SCHEMA` | the application's name as an identifier (`order-worker` → `order_worker`) | schema of the framework's tables (`processed_events`, `outbox`, the migration records) and of the application's own migrations: first on the `search_path` of handler connections |
 //! | `WORKER_MIGRATE` | `true` | bring the framework's tables up to date at start-up ([`crate::migrations`], recorded in `<schema>.worker_schema_migrations`), then run the application's migrations |
-//! | `WORKER_DLQ_STORE` | `false` | move dead letters into the `dead_letters` table; the `dlq` commands read it (`false`: queue-only mode, dead letters stay in the queues) |
+//! | `WORKER_DLQ_STORE` | `true` | move dead letters into the `dead_letters` table; the `dlq` commands read it (`false`: queue-only mode, dead letters stay in the queues) |
 //! | `WORKER_DLQ_STORE_RETENTION` | `30d` | how long replayed and purged rows stay in the store |
 //! | `WORKER_DEDUP_RETENTION` | `7d` | dedup rows older than this are pruned |
 //! | `WORKER_SHUTDOWN_TIMEOUT` | `30s` | how long in-flight deliveries may finish after a stop signal |
@@ -189,8 +189,8 @@ pub struct WorkerConfig {
     pub migrate: bool,
     /// Whether dead letters go on into the dead-letter store (`WORKER_DLQ_STORE=on`): the worker
     /// moves them from the dead-letter queues into the `dead_letters` table and the `dlq`
-    /// commands read that table. Off (queue-only mode: the dead letters stay in the queues and
-    /// the commands read them there) by default.
+    /// commands read that table. On by default; off (`WORKER_DLQ_STORE=off`) is queue-only
+    /// mode: the dead letters stay in the queues and the commands read them there.
     pub dlq_store: bool,
     /// How long replayed and purged rows stay in the dead-letter store (pending ones stay until
     /// an operator acts).
@@ -289,7 +289,7 @@ impl Default for WorkerConfig {
             database_url: DEFAULT_DATABASE_URL.into(),
             db_schema: Identifier::new("public").expect("`public` is a valid identifier"),
             migrate: true,
-            dlq_store: false,
+            dlq_store: true,
             dlq_store_retention: Duration::from_secs(30 * 24 * 3600),
             dedup_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(30),

@@ -254,7 +254,8 @@ pub(crate) struct FilterArgs {
     /// Only this failure group, as `dlq stats` prints it (e.g. "poison InvalidAmount: -N").
     #[arg(long, value_name = "GROUP")]
     pub(crate) fingerprint: Option<String>,
-    /// Only dead letters in this state (needs WORKER_DLQ_STORE=on; default: pending).
+    /// Only dead letters in this state (the store only, not WORKER_DLQ_STORE=off; default:
+    /// pending).
     #[arg(long, value_enum)]
     pub(crate) status: Option<StatusArg>,
 }
@@ -349,8 +350,8 @@ pub(crate) struct ReplayArgs {
     #[arg(long, value_name = "N/s", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
     /// Replay one dead letter with this corrected payload (a JSON file) instead of the
-    /// producer's; the store keeps the original and records what changed (needs
-    /// WORKER_DLQ_STORE=on).
+    /// producer's; the store keeps the original and records what changed (the store only,
+    /// not WORKER_DLQ_STORE=off).
     #[arg(long, value_name = "FILE")]
     pub(crate) payload: Option<std::path::PathBuf>,
     /// Replay dead letters that failed longer ago than the dedup retention

@@ -83,8 +83,8 @@ async fn hold(setup: &Setup, broker: &Broker<'_>, filter: &Filter) -> Result<Vec
     }
     if filter.status.is_some() && !setup.config.dlq_store {
         return Err(CliError::Usage(
-            "--status needs the dead-letter store (WORKER_DLQ_STORE=on): a dead-letter queue \
-             holds only pending dead letters"
+            "--status needs the dead-letter store (this worker runs WORKER_DLQ_STORE=off): a \
+             dead-letter queue holds only pending dead letters"
                 .into(),
         ));
     }
@@ -892,9 +892,9 @@ async fn replay(
 fn corrected_payload(setup: &Setup, path: &std::path::Path) -> Result<serde_json::Value, CliError> {
     if !setup.config.dlq_store {
         return Err(CliError::Usage(
-            "--payload needs the dead-letter store (WORKER_DLQ_STORE=on): the store keeps the \
-             original record beside the correction and what changed; a dead-letter queue would \
-             lose the original"
+            "--payload needs the dead-letter store (this worker runs WORKER_DLQ_STORE=off): the \
+             store keeps the original record beside the correction and what changed; a \
+             dead-letter queue would lose the original"
                 .into(),
         ));
     }

@@ -63,7 +63,7 @@ pub struct HeldQueue {
 enum Source {
     /// The queue itself, read on this channel.
     Queue(Channel),
-    /// The dead-letter store (`WORKER_DLQ_STORE=on`).
+    /// The dead-letter store (the default; `WORKER_DLQ_STORE=off` reads the queues).
     Store {
         pool: PgPool,
         store: DeadLetterStore,

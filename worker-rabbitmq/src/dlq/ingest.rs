@@ -156,7 +156,7 @@ fn letter(handler: &str, queue: &str, delivery: &Delivery) -> StoredDeadLetter {
     }
 }
 
-/// The ingester running inside a worker (`WORKER_DLQ_STORE=on`).
+/// The ingester running inside a worker (the default; not with `WORKER_DLQ_STORE=off`).
 #[derive(Debug)]
 pub(crate) struct RunningIngester {
     stop: CancellationToken,
