@@ -1,5 +1,5 @@
-//! The dead-letter store in use (`WORKER_DLQ_STORE=on`): the worker moves its dead letters into
-//! the table, and the `dlq` commands read and act on it: list with filters (trace id prefix,
+//! The dead-letter store in use (the default): the worker moves its dead letters into the
+//! table, and the `dlq` commands read and act on it: list with filters (trace id prefix,
 //! fingerprint, status), show, stats, replay (the row marked replayed after the confirm, the event
 //! then processed once), purge (the row marked purged).
 
@@ -207,7 +207,9 @@ async fn the_dlq_commands_read_and_act_on_the_store() {
     let usage = cli(&env, &["dlq", "list", "--status", "replayed"]).await;
     assert_eq!(usage.code, 2, "{}", usage.stderr);
     assert!(
-        usage.stderr.contains("WORKER_DLQ_STORE=on"),
+        usage.stderr.contains(
+            "--status needs the dead-letter store (this worker runs WORKER_DLQ_STORE=off)"
+        ),
         "{}",
         usage.stderr
     );
@@ -343,7 +345,9 @@ async fn corrected_replays_time_ranges_stale_entries_and_metrics() {
     let no_store = cli_as(queue_only, &["dlq", "replay", "evt_fix", "--payload", path]).await;
     assert_eq!(no_store.code, 2, "{}", no_store.stderr);
     assert!(
-        no_store.stderr.contains("WORKER_DLQ_STORE=on"),
+        no_store.stderr.contains(
+            "--payload needs the dead-letter store (this worker runs WORKER_DLQ_STORE=off)"
+        ),
         "{}",
         no_store.stderr
     );
