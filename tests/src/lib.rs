@@ -6,6 +6,7 @@ pub mod broker_tls;
 pub mod handlers;
 pub mod otlp;
 pub mod partitioned;
+pub mod postgres_tls;
 pub mod silent_proxy;
 
 use std::future::Future;
@@ -99,8 +100,8 @@ impl TestEnv {
             database_url: database_url(),
             db_schema: Identifier::new(&id).expect("test ids are identifiers"),
             consumer: "worker-tests-0.1.0".into(),
-            // These tests look at the dead-letter queues themselves; the store's own tests
-            // (`dlq_store`, `dlq_ingest`) turn it on.
+            // Most tests look at the dead-letter queues themselves; the store's own tests
+            // (`dlq_store`, `dlq_ingest`) and the README's story (`cli_demo`) turn it on.
             dlq_store: false,
             shutdown_timeout: Duration::from_secs(10),
             db_pool_size: 40,

@@ -31,7 +31,7 @@ pub enum WorkerError {
         source: lapin::Error,
     },
     /// The database did not accept the connection.
-    #[error("cannot connect to PostgreSQL at {url}: {source} (is it running? set DATABASE_URL)")]
+    #[error("cannot connect to PostgreSQL at {url}: {source} ({})", database_hint(.source))]
     Database {
         /// The URL, password redacted.
         url: String,
@@ -117,5 +117,30 @@ impl WorkerError {
         crate::convert::short_string(name, || format!("the {what} `{name}`"))
             .map(drop)
             .map_err(WorkerError::NameTooLong)
+    }
+}
+
+/// What to check when PostgreSQL did not accept a connection, read from the driver's error: the
+/// TLS settings when the handshake failed or the server accepts only TLS, the client certificate
+/// when the server asked for one, otherwise whether it runs at the configured URL.
+fn database_hint(source: &sqlx::Error) -> &'static str {
+    let refusal = match source {
+        sqlx::Error::Database(error) => error.message(),
+        _ => "",
+    };
+    // The driver reports a refused server certificate as an I/O error of the handshake.
+    let handshake =
+        matches!(source, sqlx::Error::Io(error) if error.to_string().contains("peer certificate"));
+    if matches!(source, sqlx::Error::Tls(_)) || handshake {
+        "TLS failed: check sslmode, sslrootcert (the CA that signed the server's certificate) and \
+         that the URL's host is a name in that certificate; set DATABASE_URL"
+    } else if refusal.contains("no encryption") {
+        "the server accepts this connection only over TLS: add sslmode=require (or verify-full \
+         with sslrootcert=<CA file>) to DATABASE_URL"
+    } else if refusal.contains("certificate") {
+        "the server authenticates this user by client certificate: add sslcert=<file> and \
+         sslkey=<file> (a certificate whose common name is the user) to DATABASE_URL"
+    } else {
+        "is it running? set DATABASE_URL"
     }
 }
